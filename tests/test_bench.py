@@ -1,0 +1,279 @@
+"""The benchmark harness: configs, sweeps that resume, provenance, skipped pairs, aggregation,
+and the GPU cost script in its tiny CPU mode. Timings are never asserted."""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specdec import bench, theory
+from specdec.metrics import GenerationResult, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A results set with hand-picked numbers, for the aggregation tests (and test_plots.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _result(pair, method, k, domain="code", prompt="code/0", n=10, total=2.0, accepted=(), drafted=(),
+            phases=None, latencies=None, run="r1"):
+    cfg = bench.BenchmarkConfig(pair=pair, method=method, k=k, domain=domain, prompt_id=prompt, max_new_tokens=n)
+    lat = latencies if latencies is not None else [total / n] * n
+    res = GenerationResult(method=method, tokens=list(range(n)), prompt_tokens=5, total_s=total, ttft_s=lat[0],
+                           token_latencies_s=list(lat), drafted_per_round=list(drafted),
+                           accepted_per_round=list(accepted), phase_s=dict(phases or {}))
+    res.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash, run_id=run)
+    return res
+
+
+def make_results():
+    """Two pairs, two domains; every number chosen so the aggregates can be worked out by hand.
+
+    Autoregressive: 10 tokens in 2.0 s, prefill 0.2 s, 9 decode steps of 0.2 s (verify 1.8 s).
+    Speculative K=2: 10 tokens in 1.0 s; rounds accept (2, 0, 2, 1) of 2 drafted each;
+    draft 0.16 s over 8 draft passes (0.02 s each, c = 0.1), verify 0.6 s over 4 rounds.
+    Transformers: its baseline 2.5 s, its assisted method 1.25 s (speedup 2 over its own).
+    """
+    out = []
+    for pair in ("pairA", "pairB"):
+        for domain in ("code", "conversation"):
+            p = f"{domain}/0"
+            out.append(_result(pair, "autoregressive", 0, domain, p, total=2.0,
+                               phases={"prefill": 0.2, "verify": 1.8, "sample": 0.0}))
+            out.append(_result(pair, "speculative", 2, domain, p, total=1.0, accepted=(2, 0, 2, 1), drafted=(2, 2, 2, 2),
+                               phases={"prefill": 0.2, "draft": 0.16, "verify": 0.6, "sample": 0.04},
+                               latencies=[0.2, 0.0, 0.2, 0.2, 0.0, 0.2, 0.0, 0.2, 0.0, 0.0]))
+            out.append(_result(pair, "hf_autoregressive", 0, domain, p, total=2.5))
+            out.append(_result(pair, "hf_assisted", 2, domain, p, total=1.25))
+    return out
+
+
+@pytest.fixture
+def results_df():
+    return bench.load_results(make_results())
+
+
+# ---------------------------------------------------------------------------------------------
+# BenchmarkConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def test_config_hash_is_stable_and_sensitive():
+    cfg = bench.BenchmarkConfig(pair="gpt2_dev", method="speculative", k=4, domain="code", prompt_id="code/0",
+                                max_new_tokens=64)
+    # the hash is the SHA-256 of the sorted JSON of the fields: the same in every process and version
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    assert cfg.config_hash == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert cfg.config_hash == "ac078f75ff2ce258"  # pinned: a change would orphan every results file
+    same = bench.BenchmarkConfig(**dict(reversed(list(cfg.to_dict().items()))))
+    assert same.config_hash == cfg.config_hash
+    assert bench.BenchmarkConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).config_hash == cfg.config_hash
+    changed = {"k": 2, "temperature": 1.0, "seed": 1, "prompt_id": "code/1", "max_new_tokens": 32, "device": "cuda"}
+    hashes = {bench.BenchmarkConfig(**{**cfg.to_dict(), f: v}).config_hash for f, v in changed.items()}
+    assert len(hashes) == len(changed) and cfg.config_hash not in hashes
+
+
+@pytest.mark.parametrize("bad", [dict(method="beam"), dict(method="autoregressive", k=4), dict(k=0),
+                                 dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0),
+                                 dict(dtype="float99")])
+def test_config_rejects_bad_input(bad):
+    fields = dict(pair="p", method="speculative", k=2, domain="code", prompt_id="code/0", max_new_tokens=8)
+    with pytest.raises(ValueError):
+        bench.BenchmarkConfig(**{**fields, **bad})
+
+
+def test_plan_for_profile_and_bad_plans():
+    plan = bench.plan_for_profile("ci")
+    assert plan.profile == "ci" and plan.n_prompts >= 1 and plan.ks
+    assert bench.plan_for_profile("ci", ks=(1, 2, 4, 8)).ks == (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="unknown pair"):
+        bench.plan_for_profile("ci", pairs=("no_such_pair",))
+    with pytest.raises(ValueError, match="domain"):
+        bench.plan_for_profile("ci", domains=("poetry",))
+    with pytest.raises(ValueError, match="ks"):
+        bench.plan_for_profile("ci", ks=(0,))
+    assert bench.parse_synthetic(bench.synthetic_pair_name(0.25)) == 0.25
+    assert bench.parse_synthetic("gpt2_dev") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_plan(**kw):
+    fields = dict(pairs=("synthetic-eps0.05",), domains=("code",), ks=(1, 3), n_prompts=1, max_new_tokens=(8,),
+                  temperatures=(0.0,), hf_peers=True, profile="test")
+    fields.update(kw)
+    return bench.SweepPlan(**fields)
+
+
+def test_sweep_writes_resumes_and_records_provenance(tmp_path):
+    out = tmp_path / "r.jsonl"
+    plan = _tiny_plan()
+    bench.run_sweep(plan, out, progress=False, command="test-run")
+    first = read_jsonl(out)
+    # autoregressive, speculative K=1 and K=3, transformers baseline, transformers assisted K=1 and K=3
+    assert sorted((r.method, r.meta["config"]["k"]) for r in first) == sorted(
+        [("autoregressive", 0), ("speculative", 1), ("speculative", 3), ("hf_autoregressive", 0),
+         ("hf_assisted", 1), ("hf_assisted", 3)])
+    for r in first:
+        assert r.meta["config_hash"] == bench.BenchmarkConfig.from_dict(r.meta["config"]).config_hash
+        assert r.n_new == 8
+    by = {(r.method, r.meta["config"]["k"]): r.tokens for r in first}
+    # greedy speculative decoding reproduces the target's greedy tokens, in our loop and in transformers'
+    assert by[("speculative", 1)] == by[("speculative", 3)] == by[("autoregressive", 0)]
+    assert by[("hf_assisted", 3)] == by[("hf_autoregressive", 0)]
+
+    bench.run_sweep(plan, out, progress=False, command="test-run")  # nothing left to do
+    assert len(read_jsonl(out)) == len(first)
+    bench.run_sweep(_tiny_plan(ks=(1, 3, 2)), out, progress=False, command="test-run-more")  # only K=2 is new
+    hashes = [r.meta["config_hash"] for r in read_jsonl(out)]
+    assert len(hashes) == len(first) + 2 and len(set(hashes)) == len(hashes)
+
+    prov = json.loads(bench.provenance_path(out).read_text())
+    assert prov["results"] == "r.jsonl"
+    assert [r["n_new_records"] for r in prov["runs"]] == [len(first), 0, 2]
+    run = prov["runs"][-1]
+    assert run["command"] == "test-run-more" and run["kind"] == "provenance" and run["profile"] == "test"
+    for key in ("device_name", "host_cpu", "date", "versions"):
+        assert run[key]
+    assert set(run["versions"]) >= {"torch", "transformers", "bitsandbytes"}
+
+
+def test_unavailable_and_cross_vocabulary_pairs_are_skipped_with_one_line(tmp_path, capsys):
+    out = tmp_path / "skip.jsonl"
+    bench.run_sweep(_tiny_plan(pairs=("gpt2_dev", "tinyllama_llama3")), out, progress=False)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert len(lines) == 2
+    assert lines[0].startswith("skipping pair gpt2_dev: weights not available here")
+    assert lines[1].startswith("skipping pair tinyllama_llama3: different vocabularies")
+    assert not out.exists() or out.read_text() == ""
+    prov = json.loads(bench.provenance_path(out).read_text())
+    assert set(prov["runs"][0]["skipped_pairs"]) == {"gpt2_dev", "tinyllama_llama3"}
+
+
+def test_cli_runs_a_tiny_sweep(tmp_path):
+    out = tmp_path / "cli.jsonl"
+    assert bench.main(["run", "--out", str(out), "--profile", "ci", "--pairs", "synthetic-eps0.2", "--ks", "2",
+                       "--max-new-tokens", "6", "--no-hf-peers"]) == 0
+    recs = read_jsonl(out)
+    assert {r.method for r in recs} == {"autoregressive", "speculative"}
+    prov = json.loads(bench.provenance_path(out).read_text())
+    assert prov["runs"][0]["command"].startswith("python -m specdec.bench run --out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation on hand-made results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_alpha_estimate_counts_only_tested_tokens():
+    # accepted (2, 0, 2, 1) of 2: successes 5; failures in rounds 2 and 4 -> 5 / 7
+    assert bench.alpha_estimate([2, 0, 2, 1], [2, 2, 2, 2]) == pytest.approx(5 / 7)
+    assert bench.alpha_estimate([], []) is None
+    # on simulated i.i.d. rounds the estimator recovers alpha
+    rng = np.random.default_rng(0)
+    acc = (np.cumprod(rng.random((20000, 4)) < 0.7, axis=1).sum(1)).tolist()
+    assert bench.alpha_estimate(acc, [4] * len(acc)) == pytest.approx(0.7, abs=0.01)
+
+
+def test_speedups_and_tables(results_df):
+    s = bench.speedups(results_df)
+    spec = s[s.method == "speculative"]
+    assert len(spec) == 4 and np.allclose(spec.speedup, 2.0) and np.allclose(spec.time_ratio, 2.0)
+    # decode: 9 tokens after the first; AR decode 2.0 - 0.2 s, speculative 1.0 - 0.2 s
+    assert np.allclose(spec.decode_speedup, (9 / 0.8) / (9 / 1.8))
+    hf = s[s.method == "hf_assisted"]
+    assert np.allclose(hf.speedup, 2.0) and np.allclose(hf.speedup_vs_ours, 2.0 / 1.25)
+    table = bench.speedup_table(results_df)
+    assert set(table.columns) == {"pair", "k", "domain", "speedup"} and len(table) == 4
+    acc = bench.acceptance_by_domain(results_df)
+    assert np.allclose(acc.alpha_hat, 5 / 7) and np.allclose(acc.acceptance_rate, 5 / 8)
+    assert np.allclose(acc.mean_accepted, 5 / 4) and (acc.rounds == 4).all()
+
+
+def test_cost_ratios_and_prediction(results_df):
+    cost = bench.cost_ratios(results_df)
+    assert np.allclose(cost.t_step, 0.2) and np.allclose(cost.c, 0.02 / 0.2)
+    assert np.allclose(cost.verify_cost, (0.6 / 4) / 0.2) and np.allclose(cost.draft_cost, (0.16 / 4) / 0.2)
+    mp = bench.measured_vs_predicted(results_df)
+    assert np.allclose(mp.predicted, theory.speedup(5 / 7, 0.1, 2))
+    assert np.allclose(mp.predicted_verify, theory.expected_tokens(5 / 7, 2) / (0.2 + 0.75))
+    assert np.allclose(mp.measured, (9 / 0.8) / (9 / 1.8))
+
+
+def test_latency_cdf_and_phase_breakdown(results_df):
+    cdf = bench.latency_cdf(results_df)
+    spec = cdf[(cdf.pair == "pairA") & (cdf.label == "speculative K=2")]
+    assert len(spec) == 2 * 9  # two prompts, the first token left out
+    assert spec.cdf.iloc[-1] == 1.0 and spec.latency_s.is_monotonic_increasing
+    assert (spec.latency_s == 0).mean() == pytest.approx(5 / 9)
+    ph = bench.phase_breakdown(results_df)
+    row = ph[(ph.pair == "pairA") & (ph.k == 2)].iloc[0]
+    assert row.draft == pytest.approx(0.016) and row.verify == pytest.approx(0.06)
+    total = row[["prefill", "draft", "verify", "sample", "overhead"]].sum()
+    assert total == pytest.approx(1.0 / 10)  # the phases and the overhead add up to the wall time
+
+
+def test_aggregation_refuses_foreign_results():
+    plain = GenerationResult(method="speculative", tokens=[1], prompt_tokens=1, total_s=1.0, ttft_s=1.0,
+                             token_latencies_s=[1.0])
+    with pytest.raises(ValueError, match="meta\\['config'\\]"):
+        bench.load_results([plain])
+    only_ar = bench.load_results([r for r in make_results() if r.method == "autoregressive"])
+    with pytest.raises(ValueError, match="no speculative"):
+        bench.speedups(only_ar)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost side
+# ---------------------------------------------------------------------------------------------
+
+
+def test_measure_step_costs_shapes():
+    from specdec.models import synthetic_pair
+
+    _, target = synthetic_pair(0.1, n_layers=2)
+    t = bench.measure_step_costs(target, n_tokens=(1, 3), context_len=8, repeats=2, warmup=1)
+    assert list(t.n_tokens) == [1, 3] and (t.seconds > 0).all() and t.relative.iloc[0] == 1.0
+    with pytest.raises(ValueError):
+        bench.measure_step_costs(target, n_tokens=(0,))
+
+
+def _gpu_cost_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_cost", REPO / "scripts" / "gpu_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_cost_script_tiny(tmp_path, capsys):
+    out = tmp_path / "gpu_cost.json"
+    assert _gpu_cost_script().main(["--tiny", "--out", str(out), "--pairs", "gpt2_dev,llama3_self"]) == 0
+    assert "llama3_self: c = " in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["tiny"] is True and rec["provenance"]["kind"] == "provenance"
+    assert rec["provenance"]["command"].startswith("python scripts/gpu_cost.py --tiny")
+    assert [p["pair"] for p in rec["pairs"]] == ["gpt2_dev", "llama3_self"]
+    for p in rec["pairs"]:
+        assert math.isfinite(p["c"]) and p["c"] > 0
+        assert [r["n_tokens"] for r in p["verify_curve"]] == [1, 2, 3, 5, 9]
+    assert rec["pairs"][1]["draft_quantization"] == "nf4"
+
+
+def test_gpu_cost_script_refuses_full_shapes_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the full run is allowed")
+    with pytest.raises(SystemExit, match="--tiny"):
+        _gpu_cost_script().main(["--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

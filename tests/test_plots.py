@@ -1,0 +1,76 @@
+"""The benchmark figures: each takes a results frame and returns the figure it drew."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.figure import Figure
+
+from specdec import bench, plots
+from test_bench import make_results
+
+
+@pytest.fixture
+def df():
+    return bench.load_results(make_results())
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_speedup_heatmap_shows_each_pair_and_k(df):
+    fig = plots.speedup_heatmap(df)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["pairA", "pairB"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
+    assert sorted(t.get_text() for t in ax.texts) == ["2.00", "2.00"]  # the annotated speedups
+
+
+def test_figures_draw_into_a_given_axes(df):
+    fig, ax = plt.subplots()
+    assert plots.speedup_heatmap(df, ax=ax) is fig
+    fig2, ax2 = plt.subplots()
+    assert plots.acceptance_distributions(df, ax=ax2) is fig2
+    assert len(ax2.collections) > 0  # the strip plot's points
+
+
+@pytest.mark.parametrize("name, n_panels", [("latency_cdfs", 2), ("phase_breakdown", 2)])
+def test_one_panel_per_pair(df, name, n_panels):
+    fig = getattr(plots, name)(df)
+    axes = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in axes] == ["pairA", "pairB"][:n_panels]
+    assert all(a.has_data() for a in axes)
+
+
+def test_phase_bars_add_up_to_time_per_token(df):
+    fig = plots.phase_breakdown(df, pairs=["pairA"])
+    ax = fig.axes[0]
+    tops = {}
+    for bar in ax.patches:
+        x = round(bar.get_x(), 6)
+        tops[x] = max(tops.get(x, 0), bar.get_y() + bar.get_height())
+    # autoregressive: 2.0 s / 10 tokens; speculative: 1.0 s / 10 tokens (in ms)
+    assert sorted(tops.values()) == pytest.approx([100.0, 200.0])
+
+
+def test_measured_vs_predicted_and_peers(df):
+    fig = plots.measured_vs_predicted(df)
+    assert isinstance(fig, Figure) and fig.axes[0].has_data()
+    fig = plots.peer_comparison(df)
+    assert len(fig.axes) >= 2 and all(a.has_data() for a in fig.axes[:2])
+
+
+def test_plots_refuse_frames_without_the_data_they_need(df):
+    ar_only = df[df.method == "autoregressive"]
+    with pytest.raises(ValueError):
+        plots.speedup_heatmap(ar_only)
+    with pytest.raises(ValueError):
+        plots.acceptance_distributions(ar_only)
+    with pytest.raises(ValueError, match="transformers"):
+        plots.peer_comparison(df[~df.method.str.startswith("hf")])

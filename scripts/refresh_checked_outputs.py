@@ -41,6 +41,7 @@ def refresh(path: Path, timeout: int = 900) -> int:
             cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or o.name == "stdout"]
         else:
             cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)  # progress-bar widget state: noise, not content
     nbformat.write(nb, path)
     return kept
 

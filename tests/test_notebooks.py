@@ -35,3 +35,11 @@ def test_outputs_only_where_nbval_checks_them(path):
         else:
             assert not cell.outputs, f"{path.name}: an unchecked cell carries outputs:\n{cell.source[:200]}"
         assert all(o.output_type != "error" for o in cell.outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_opens_with_its_label_and_title(path):
+    first = nbformat.read(path, as_version=4).cells[0]
+    lines = first.source.splitlines()
+    assert first.cell_type == "markdown" and lines[0].startswith("(ch-") and lines[0].endswith(")=")
+    assert lines[1].startswith("# "), f"{path.name}: no chapter title after the label"

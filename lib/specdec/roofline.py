@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .profiling import time_repeated
+
 __all__ = [
     "ModelShape",
     "StepCost",
@@ -388,18 +390,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> float:
-    repeats = _positive_int("repeats", repeats)
-    if isinstance(warmup, bool) or not isinstance(warmup, Integral) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_repeated(fn, repeats, warmup, device))
 
 
 def measure_matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, repeats: int = 5, warmup: int = 2,

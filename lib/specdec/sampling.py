@@ -24,6 +24,8 @@ __all__ = [
     "output_distribution",
     "acceptance_probability",
     "total_variation",
+    "first_tokens",
+    "goodness_of_fit",
 ]
 
 
@@ -153,3 +155,70 @@ def output_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """TV(p, q) = 1/2 sum |p - q|."""
     return 0.5 * (p.double() - q.double()).abs().sum(-1)
+
+
+# --- statistical checks of the sampler (chapters 3 and 8) ---------------------------------
+
+
+def first_tokens(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    q_verify: torch.Tensor | None = None,
+    chunk: int = 10_000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` independent one-token rounds of :func:`verify` at one position.
+
+    Each round drafts ``x ~ q``, verifies it against ``p`` and emits the first token (``x`` if
+    accepted, else the residual token); the bonus row is ``p`` again. ``q_verify`` hands the
+    rejection step another distribution than the one ``x`` was drawn from -- a deliberate
+    bug, for negative controls. Runs in chunks so memory stays ``O(chunk * V)``.
+    Returns ``(first_tokens (n,), accepted (n,) bool)``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    q_verify = q if q_verify is None else q_verify
+    out, acc = [], []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        P = torch.stack([p, p]).float().expand(m, 2, -1)
+        x = torch.multinomial(q.float(), m, replacement=True, generator=generator)[:, None]
+        k, nxt = verify(P, q_verify.float().expand(m, 1, -1), x, generator)
+        out.append(torch.where(k == 1, x[:, 0], nxt))
+        acc.append(k == 1)
+    return torch.cat(out), torch.cat(acc)
+
+
+def goodness_of_fit(tokens: torch.Tensor, p: torch.Tensor, min_expected: float = 5.0) -> tuple[float, float, int]:
+    """Pearson's chi-square test of sampled token ids against the distribution ``p`` (V,).
+
+    Tokens whose expected count is below ``min_expected`` are pooled into one cell (folded into
+    the smallest other cell if even the pool is that small), so the chi-square approximation
+    holds for large vocabularies. A sampled token that ``p`` gives
+    probability 0 makes the sample impossible: ``(inf, 0.0, dof)``. Returns
+    ``(chi2, p_value, degrees_of_freedom)``.
+    """
+    from scipy import stats
+
+    p = p.double().cpu()
+    tokens = tokens.reshape(-1).cpu()
+    n = len(tokens)
+    counts = torch.bincount(tokens, minlength=p.numel()).double()
+    expected = p / p.sum() * n
+    if counts[expected == 0].sum() > 0:
+        return float("inf"), 0.0, 0
+    big = expected >= min_expected
+    obs, exp = counts[big], expected[big]
+    rest_obs, rest_exp = counts[~big].sum(), expected[~big].sum()
+    if rest_exp >= min_expected or len(exp) == 0:
+        obs, exp = torch.cat([obs, rest_obs.view(1)]), torch.cat([exp, rest_exp.view(1)])
+    elif rest_exp > 0:  # too little to stand alone: fold the rare tokens into the smallest cell
+        i = int(exp.argmin())
+        obs[i] += rest_obs
+        exp[i] += rest_exp
+    obs, exp = obs[exp > 0].numpy(), exp[exp > 0].numpy()
+    if len(exp) < 2:
+        raise ValueError("p puts (almost) all its mass on one token: a chi-square test has nothing to test")
+    chi2, pval = stats.chisquare(obs, exp * obs.sum() / exp.sum())
+    return float(chi2), float(pval), len(exp) - 1

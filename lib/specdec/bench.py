@@ -785,43 +785,21 @@ def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.
 # --------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
 def measure_step_costs(model, n_tokens=(1, 2, 3, 5, 9), context_len: int = 128, repeats: int = 5,
                        warmup: int = 2, seed: int = 0) -> "pd.DataFrame":
     """Median seconds of one forward pass scoring ``n`` new tokens after a cached context of
     ``context_len`` tokens, for each ``n`` in ``n_tokens`` (n = 1 is a decode step; n = K+1 a
-    verification). The cache is rolled back after every pass, so each sees the same context.
-    Columns: ``n_tokens``, ``seconds``, ``relative`` (to n = 1 if measured)."""
+    verification), timed by :mod:`specdec.roofline` (the cache is rolled back after every pass,
+    so each sees the same context). Columns: ``n_tokens``, ``seconds``, ``relative`` (to n = 1
+    if measured)."""
     import pandas as pd
-    from transformers import DynamicCache
+
+    from .roofline import _time_forwards
 
     if context_len < 1 or not n_tokens or min(n_tokens) < 1:
         raise ValueError("need context_len >= 1 and n_tokens >= 1")
-    device = next(model.parameters()).device
-    vocab = model.config.get_text_config(decoder=True).vocab_size
-    g = torch.Generator().manual_seed(seed)
-    ctx = torch.randint(vocab, (1, context_len), generator=g).to(device)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ctx, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    rows = []
-    for n in n_tokens:
-        new = torch.randint(vocab, (1, n), generator=g).to(device)
-        times = []
-        for i in range(warmup + repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=n)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-            cache.crop(-n)  # transformers 5: a negative count of tokens to remove
-        rows.append({"n_tokens": n, "seconds": float(np.median(times))})
-    out = pd.DataFrame(rows)
+    seconds = _time_forwards(model, list(n_tokens), context_len, repeats, warmup, seed, "step costs")
+    out = pd.DataFrame([{"n_tokens": n, "seconds": float(seconds[n])} for n in n_tokens])
     one = out.loc[out.n_tokens == 1, "seconds"]
     out["relative"] = out.seconds / one.iloc[0] if len(one) else np.nan
     return out

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["GenerationResult", "write_jsonl", "read_jsonl"]
+__all__ = ["GenerationResult", "speedup", "write_jsonl", "read_jsonl"]
 
 
 @dataclass
@@ -27,6 +27,9 @@ class GenerationResult:
     round_latencies_s: list[float] = field(default_factory=list)  # one per speculative round
     drafted_per_round: list[int] = field(default_factory=list)
     accepted_per_round: list[int] = field(default_factory=list)
+    # the drafted token ids of each round, accepted or not (empty in files written before it
+    # was recorded, and for the autoregressive loop); ``specdec.display`` draws them
+    proposed_per_round: list[list[int]] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)  # prefill, draft, verify, sample
     peak_bytes: dict[str, int] = field(default_factory=dict)  # per phase
     text: str = ""
@@ -43,7 +46,16 @@ class GenerationResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """End-to-end throughput: every token over the whole wall time, prefill included."""
         return self.n_new / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Decode throughput: the tokens after the first over the time after the first token
+        (NaN when fewer than two tokens were generated)."""
+        if self.n_new < 2 or self.decode_s <= 0:
+            return float("nan")
+        return (self.n_new - 1) / self.decode_s
 
     @property
     def overhead_s(self) -> float:
@@ -99,6 +111,20 @@ class GenerationResult:
             raise ValueError(f"not a GenerationResult record: missing {sorted(missing)}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def speedup(result: GenerationResult, baseline: GenerationResult, end_to_end: bool = False) -> float:
+    """The book's one definition of a speedup: ``result``'s tokens per second over
+    ``baseline``'s, both measured in the same run on the same prompt.
+
+    The headline is the *decode* speedup (tokens after the first, over the time after the
+    first token): prefill and the first token cost the same with and without a draft, and
+    speculative decoding only changes what comes after. ``end_to_end=True`` gives the ratio of
+    whole-generation throughputs (first token included), which the book shows beside it.
+    """
+    if end_to_end:
+        return result.tokens_per_s / baseline.tokens_per_s if baseline.tokens_per_s > 0 else float("nan")
+    return result.decode_tokens_per_s / baseline.decode_tokens_per_s
 
 
 def write_jsonl(path: str | Path, results: Iterable[GenerationResult], append: bool = True) -> Path:

@@ -115,7 +115,7 @@ def _tiny_plan(**kw):
 
 def test_sweep_writes_resumes_and_records_provenance(tmp_path):
     out = tmp_path / "r.jsonl"
-    plan = _tiny_plan()
+    plan = _tiny_plan(n_repeats=1)
     bench.run_sweep(plan, out, progress=False, command="test-run")
     first = read_jsonl(out)
     # autoregressive, speculative K=1 and K=3, transformers baseline, transformers assisted K=1 and K=3
@@ -124,7 +124,7 @@ def test_sweep_writes_resumes_and_records_provenance(tmp_path):
          ("hf_assisted", 1), ("hf_assisted", 3)])
     for r in first:
         assert r.meta["config_hash"] == bench.BenchmarkConfig.from_dict(r.meta["config"]).config_hash
-        assert r.n_new == 8
+        assert r.n_new == 8 and r.meta["repeat"] == 0
     by = {(r.method, r.meta["config"]["k"]): r.tokens for r in first}
     # greedy speculative decoding reproduces the target's greedy tokens, in our loop and in transformers'
     assert by[("speculative", 1)] == by[("speculative", 3)] == by[("autoregressive", 0)]
@@ -132,18 +132,68 @@ def test_sweep_writes_resumes_and_records_provenance(tmp_path):
 
     bench.run_sweep(plan, out, progress=False, command="test-run")  # nothing left to do
     assert len(read_jsonl(out)) == len(first)
-    bench.run_sweep(_tiny_plan(ks=(1, 3, 2)), out, progress=False, command="test-run-more")  # only K=2 is new
-    hashes = [r.meta["config_hash"] for r in read_jsonl(out)]
-    assert len(hashes) == len(first) + 2 and len(set(hashes)) == len(hashes)
+    bench.run_sweep(_tiny_plan(ks=(1, 3, 2), n_repeats=1), out, progress=False, command="test-run-more")
+    # only K=2 is new, for our loop and for the transformers peer; each runs next to a fresh
+    # record of its own baseline, so that its speedup divides timings made in the same run
+    recs = read_jsonl(out)
+    new = recs[len(first):]
+    assert sorted((r.method, r.meta["config"]["k"]) for r in new) == sorted(
+        [("autoregressive", 0), ("speculative", 2), ("hf_autoregressive", 0), ("hf_assisted", 2)])
+    assert len({r.meta["run_id"] for r in new}) == 1 and new[0].meta["run_id"] != first[0].meta["run_id"]
+    s = bench.speedups(bench.load_results(out))
+    assert len(s) == 6 and s.groupby("run_id").size().to_dict() == {first[0].meta["run_id"]: 4, new[0].meta["run_id"]: 2}
 
     prov = json.loads(bench.provenance_path(out).read_text())
     assert prov["results"] == "r.jsonl"
-    assert [r["n_new_records"] for r in prov["runs"]] == [len(first), 0, 2]
+    assert [r["n_new_records"] for r in prov["runs"]] == [len(first), 0, 4]
     run = prov["runs"][-1]
     assert run["command"] == "test-run-more" and run["kind"] == "provenance" and run["profile"] == "test"
-    for key in ("device_name", "host_cpu", "date", "versions"):
+    for key in ("device_name", "host_cpu", "date", "versions", "load_average_start", "load_average_end"):
         assert run[key]
+    assert run["forced_while_busy"] is False and run["others_cpu_max"] is not None
     assert set(run["versions"]) >= {"torch", "transformers", "bitsandbytes"}
+
+
+def test_repeats_run_round_robin_with_their_baseline_and_resume(tmp_path):
+    out = tmp_path / "rep.jsonl"
+    bench.run_sweep(_tiny_plan(hf_peers=False, n_repeats=1), out, progress=False)
+    bench.run_sweep(_tiny_plan(hf_peers=False, n_repeats=3), out, progress=False)  # resumes: repeats 1 and 2
+    recs = read_jsonl(out)
+    order = [(r.meta["repeat"], r.method, r.meta["config"]["k"]) for r in recs]
+    forward = [("autoregressive", 0), ("speculative", 1), ("speculative", 3)]
+    # even repeats in the block's order, odd ones reversed: A B C, C B A, A B C
+    assert order == [(0, *m) for m in forward] + [(1, *m) for m in forward[::-1]] + [(2, *m) for m in forward]
+    assert bench.completed_hashes(out) == {(r.meta["config_hash"], r.meta["repeat"]) for r in recs}
+    assert len({tuple(r.tokens) for r in recs}) == 1  # every repeat re-times the same greedy generation
+    assert all(r.meta["others_cpu"] is None or r.meta["others_cpu"] >= 0 for r in recs)
+    df = bench.load_results(out)
+    s = bench.speedups(df)
+    assert sorted(s.repeat) == [0, 0, 1, 1, 2, 2]  # each speculative record paired with its own repeat's baseline
+    acc = bench.acceptance_by_domain(df)
+    assert (acc.rounds == [len(recs[1].drafted_per_round), len(recs[2].drafted_per_round)]).all()  # one repeat counted
+
+
+def test_a_busy_machine_is_refused_unless_forced(tmp_path, monkeypatch):
+    out = tmp_path / "busy.jsonl"
+    monkeypatch.setattr(bench, "load_average", lambda: [4.0, 3.0, 2.0])
+    with pytest.raises(bench.BusyMachineError, match="load average is 4.00"):
+        bench.run_sweep(_tiny_plan(hf_peers=False, n_repeats=1), out, progress=False, max_load=1.5)
+    assert not out.exists() and not bench.provenance_path(out).exists()  # nothing written, nothing lost
+    bench.run_sweep(_tiny_plan(hf_peers=False, n_repeats=1), out, progress=False, max_load=1.5, force=True)
+    run = json.loads(bench.provenance_path(out).read_text())["runs"][0]
+    assert run["forced_while_busy"] is True and run["load_average_start"] == [4.0, 3.0, 2.0]
+    assert run["max_load"] == 1.5
+
+
+def test_others_cpu_sees_another_process_burning_a_core():
+    import subprocess
+    import sys
+
+    meter = bench._OthersCPU()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"],
+                   check=True)
+    cores = meter.cores()
+    assert cores is not None and cores > 0.3  # the child burned one core for about the whole interval
 
 
 def test_unavailable_and_cross_vocabulary_pairs_are_skipped_with_one_line(tmp_path, capsys):
@@ -158,7 +208,37 @@ def test_unavailable_and_cross_vocabulary_pairs_are_skipped_with_one_line(tmp_pa
     assert set(prov["runs"][0]["skipped_pairs"]) == {"gpt2_dev", "tinyllama_llama3"}
 
 
-def test_cli_runs_a_tiny_sweep(tmp_path):
+@pytest.mark.parametrize("args, says", [
+    (["--ks", "0"], "--ks"), (["--ks", "1,x"], "--ks"), (["--pairs", "nope"], "--pairs"),
+    (["--n-prompts", "0"], "--n-prompts"), (["--max-new-tokens", "-3"], "--max-new-tokens"),
+    (["--temperatures", "-1"], "--temperatures"), (["--domains", "poetry"], "--domains"),
+    (["--repeats", "0"], "--repeats"), (["--profile", "laptop"], "--profile")])
+def test_cli_refuses_bad_arguments_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, args, says):
+    def no_work(*a, **k):
+        raise AssertionError("the sweep started before the arguments were checked")
+
+    monkeypatch.setattr(bench, "run_sweep", no_work)
+    out = tmp_path / "bad.jsonl"
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["run", "--out", str(out), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "Traceback" not in err[0], err
+    assert not out.exists()
+
+
+def test_cli_refuses_to_record_into_data_results_on_a_busy_machine(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "load_average", lambda: [9.0, 9.0, 9.0])
+    out = tmp_path / "data" / "results" / "x.jsonl"
+    code = bench.main(["run", "--out", str(out), "--profile", "ci", "--pairs", "synthetic-eps0.2", "--ks", "1",
+                       "--max-new-tokens", "4", "--no-hf-peers", "--repeats", "1"])
+    assert code == 3 and "load average is 9.00" in capsys.readouterr().err and not out.exists()
+    code = bench.main(["run", "--out", str(out), "--profile", "ci", "--pairs", "synthetic-eps0.2", "--ks", "1",
+                       "--max-new-tokens", "4", "--no-hf-peers", "--repeats", "1", "--force"])
+    assert code == 0 and json.loads(bench.provenance_path(out).read_text())["runs"][0]["forced_while_busy"]
+
+
+def test_cli_runs_a_tiny_sweep(tmp_path, capsys):
     out = tmp_path / "cli.jsonl"
     assert bench.main(["run", "--out", str(out), "--profile", "ci", "--pairs", "synthetic-eps0.2", "--ks", "2",
                        "--max-new-tokens", "6", "--no-hf-peers"]) == 0
@@ -166,6 +246,12 @@ def test_cli_runs_a_tiny_sweep(tmp_path):
     assert {r.method for r in recs} == {"autoregressive", "speculative"}
     prov = json.loads(bench.provenance_path(out).read_text())
     assert prov["runs"][0]["command"].startswith("python -m specdec.bench run --out")
+    assert bench.main(["summary", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "decode speedup" in printed and "speedup_e2e" in printed and "alpha_hat" in printed
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["summary", str(tmp_path / "missing.jsonl")])
+    assert exit_.value.code == 2 and "missing.jsonl" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,16 +272,31 @@ def test_alpha_estimate_counts_only_tested_tokens():
 def test_speedups_and_tables(results_df):
     s = bench.speedups(results_df)
     spec = s[s.method == "speculative"]
-    assert len(spec) == 4 and np.allclose(spec.speedup, 2.0) and np.allclose(spec.time_ratio, 2.0)
-    # decode: 9 tokens after the first; AR decode 2.0 - 0.2 s, speculative 1.0 - 0.2 s
-    assert np.allclose(spec.decode_speedup, (9 / 0.8) / (9 / 1.8))
+    # the headline is decode-only: 9 tokens after the first; AR decode 2.0 - 0.2 s, speculative 1.0 - 0.2 s
+    assert len(spec) == 4 and np.allclose(spec.speedup, (9 / 0.8) / (9 / 1.8))
+    assert np.allclose(spec.speedup_e2e, 2.0)  # end to end: 10 tokens in 1.0 s against 10 in 2.0 s
     hf = s[s.method == "hf_assisted"]
-    assert np.allclose(hf.speedup, 2.0) and np.allclose(hf.speedup_vs_ours, 2.0 / 1.25)
+    assert np.allclose(hf.speedup, 2.0) and np.allclose(hf.speedup_e2e, 2.0)
+    assert np.allclose(hf.speedup_vs_ours, 1.8 / 1.125)  # decode: 9 tokens in 1.125 s against ours in 1.8 s
     table = bench.speedup_table(results_df)
-    assert set(table.columns) == {"pair", "k", "domain", "speedup"} and len(table) == 4
+    assert set(table.columns) == {"pair", "k", "domain", "speedup", "lo", "hi", "n_prompts", "n_repeats"}
+    assert len(table) == 4 and np.allclose(table.speedup, (9 / 0.8) / (9 / 1.8))
     acc = bench.acceptance_by_domain(results_df)
     assert np.allclose(acc.alpha_hat, 5 / 7) and np.allclose(acc.acceptance_rate, 5 / 8)
     assert np.allclose(acc.mean_accepted, 5 / 4) and (acc.rounds == 4).all()
+
+
+def test_summarise_takes_medians_over_repeats_and_geometric_means_over_prompts():
+    import pandas as pd
+
+    # two prompts x three repeats; prompt a: 1, 2, 4 (median 2); prompt b: 8, 8, 2 (median 8)
+    s = pd.DataFrame({"g": ["x"] * 6, "prompt_id": ["a", "a", "a", "b", "b", "b"], "repeat": [0, 1, 2] * 2,
+                      "run_id": ["r"] * 6, "v": [1.0, 2.0, 4.0, 8.0, 8.0, 2.0]})
+    row = bench.summarise(s, ["g"], "v").iloc[0]
+    assert row.v == pytest.approx(4.0)  # sqrt(2 * 8)
+    # per repeat over prompts: sqrt(1*8), sqrt(2*8), sqrt(4*2)
+    assert row.lo == pytest.approx(8 ** 0.5) and row.hi == pytest.approx(4.0)
+    assert row.n_prompts == 2 and row.n_repeats == 3
 
 
 def test_cost_ratios_and_prediction(results_df):
@@ -206,6 +307,7 @@ def test_cost_ratios_and_prediction(results_df):
     assert np.allclose(mp.predicted, theory.speedup(5 / 7, 0.1, 2))
     assert np.allclose(mp.predicted_verify, theory.expected_tokens(5 / 7, 2) / (0.2 + 0.75))
     assert np.allclose(mp.measured, (9 / 0.8) / (9 / 1.8))
+    assert np.allclose(mp.measured_lo, mp.measured) and np.allclose(mp.measured_hi, mp.measured)
 
 
 def test_latency_cdf_and_phase_breakdown(results_df):

@@ -29,7 +29,28 @@ def test_speedup_heatmap_shows_each_pair_and_k(df):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["pairA", "pairB"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
-    assert sorted(t.get_text() for t in ax.texts) == ["2.00", "2.00"]  # the annotated speedups
+    # the annotated decode speedups, (9 / 0.8) / (9 / 1.8); one repeat, so no range beneath them
+    assert sorted(t.get_text() for t in ax.texts) == ["2.25", "2.25"]
+
+
+def test_heatmap_shows_the_range_over_repeats():
+    import copy
+
+    from test_bench import make_results
+
+    rows = make_results()
+    slower = []
+    for r in rows:  # a second repeat in which every speculative generation took twice as long
+        r2 = copy.deepcopy(r)
+        r2.meta["repeat"] = 1
+        if r2.method == "speculative":
+            r2.total_s, r2.ttft_s = 2 * r2.total_s - r2.ttft_s, r2.ttft_s
+        slower.append(r2)
+    fig = plots.speedup_heatmap(bench.load_results(rows + slower))
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    lo, hi = 1.8 / 1.6, 1.8 / 0.8  # speculative decode: 1.6 s in the slow repeat, 0.8 s in the fast one
+    median = (lo + hi) / 2
+    assert texts == [f"{median:.2f}\n{lo:.2f}–{hi:.2f}"] * 2
 
 
 def test_figures_draw_into_a_given_axes(df):

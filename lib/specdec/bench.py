@@ -3,11 +3,14 @@
 One benchmark *configuration* (:class:`BenchmarkConfig`) is one generation: a pair, a method,
 a draft length K, one prompt, a token budget and sampling settings. A sweep
 (:class:`SweepPlan`) expands into configurations and runs them, appending one JSON line per
-generation (:func:`specdec.metrics.write_jsonl`) to a results file. Every record carries its
-configuration and the configuration's hash in ``meta``, so a sweep that stops half-way resumes
-where it stopped: configurations whose hash is already in the file are skipped. Next to the
-results file a *provenance* record (``<name>.provenance.json``) says how each run was made:
-command line, device, library versions, date, CPU, profile.
+generation (:func:`specdec.metrics.write_jsonl`) to a results file. The configurations of one
+prompt form a *block* (the baselines, every method and K); :func:`run_sweep` runs each block
+``n_repeats`` times, round robin, so each generation is timed a few seconds from its baseline.
+Every record carries its configuration, the configuration's hash and its repeat in ``meta``, so
+a sweep that stops half-way resumes where it stopped. Next to the results file a *provenance*
+record (``<name>.provenance.json``) says how each run was made: command line, device, CPU,
+library versions, date, profile, load averages and how busy other processes kept the machine;
+recording while the machine is busy is refused unless forced (:class:`BusyMachineError`).
 
 Methods, all timed the same way (wall clock around the whole generation, the first token
 included):
@@ -23,7 +26,9 @@ Pairs are the registry's (:data:`specdec.models.PAIRS`) and synthetic pairs name
 whose weights are absent, or whose draft and target do not share a vocabulary, is skipped with
 one printed line.
 
-The aggregation helpers (:func:`load_results`, :func:`speedups`, :func:`speedup_table`,
+Speedups are :func:`specdec.metrics.speedup`: decode-only (after the first token) is the
+headline, end to end beside it. The aggregation helpers (:func:`load_results`, :func:`speedups`,
+:func:`summarise`, :func:`speedup_table`,
 :func:`acceptance_by_domain`, :func:`latency_cdf`, :func:`phase_breakdown`,
 :func:`cost_ratios`, :func:`measured_vs_predicted`) turn a results file into pandas
 DataFrames, which :mod:`specdec.plots` draws. The cost side without weights
@@ -54,6 +59,7 @@ from tqdm.auto import tqdm
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
 from .metrics import GenerationResult, read_jsonl, write_jsonl
+from .metrics import speedup as metric_speedup
 from .sampling import SamplingParams
 
 __all__ = [
@@ -72,6 +78,10 @@ __all__ = [
     "run_config",
     "run_sweep",
     "completed_hashes",
+    "BusyMachineError",
+    "load_average",
+    "summarise",
+    "BASELINE_KEY",
     "provenance",
     "provenance_path",
     "load_results",
@@ -167,7 +177,9 @@ class SweepPlan:
     """What a sweep covers. Each pair runs on ``domains`` (synthetic pairs on random-token
     prompts instead), ``n_prompts`` prompts per domain, every K of ``ks``, every token budget
     and every temperature; each text pair also runs the autoregressive baseline and, with
-    ``hf_peers``, the transformers baseline and the transformers speculative method."""
+    ``hf_peers``, the transformers baseline and the transformers speculative method (at the
+    temperatures in ``peer_temperatures``: greedy by default, where a peer's output must equal
+    ours token for token). Every configuration runs ``n_repeats`` times (:func:`run_sweep`)."""
 
     pairs: tuple[str, ...]
     domains: tuple[str, ...]
@@ -181,6 +193,8 @@ class SweepPlan:
     device: str = "cpu"
     hf_peers: bool = True
     profile: str = ""
+    n_repeats: int = 3
+    peer_temperatures: tuple[float, ...] = (0.0,)
 
     def __post_init__(self):
         from .prompts import DOMAINS
@@ -198,18 +212,23 @@ class SweepPlan:
             raise ValueError(f"n_prompts must be an integer >= 1, got {self.n_prompts!r}")
         if not self.max_new_tokens or any(not isinstance(m, int) or m < 1 for m in self.max_new_tokens):
             raise ValueError(f"max_new_tokens must be integers >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.n_repeats, int) or self.n_repeats < 1:
+            raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
         for t in self.temperatures:
             SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
 
-    def methods_for(self, pair: str) -> tuple[str, ...]:
+    def methods_for(self, pair: str, temperature: float = 0.0) -> tuple[str, ...]:
         """The methods a pair runs: ours always, plus the transformers peer where there is one."""
-        if not self.hf_peers:
+        if not self.hf_peers or float(temperature) not in {float(t) for t in self.peer_temperatures}:
             return OUR_METHODS
         peer = "hf_prompt_lookup" if _is_ngram(pair) else "hf_assisted"
         return OUR_METHODS + ("hf_autoregressive", peer)
 
-    def configs(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[BenchmarkConfig]:
-        """Every configuration of ``pair``, given its prompt ids per domain, baseline first."""
+    def blocks(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[list[BenchmarkConfig]]:
+        """The configurations of ``pair`` in *blocks*: one block per prompt, token budget and
+        temperature, holding the baselines and every method and K that run on it (baseline
+        first). :func:`run_sweep` runs a block's configurations one after another, ``n_repeats``
+        times, so that each one is timed next to its baseline."""
         out = []
         for domain, ids in prompt_ids.items():
             for pid in ids:
@@ -217,38 +236,50 @@ class SweepPlan:
                     for t in self.temperatures:
                         common = dict(pair=pair, domain=domain, prompt_id=pid, max_new_tokens=m, temperature=float(t),
                                       top_k=self.top_k, top_p=self.top_p, seed=self.seed, device=self.device, dtype=dtype)
-                        for method in self.methods_for(pair):
+                        block = []
+                        for method in self.methods_for(pair, t):
                             for k in ([0] if method in ("autoregressive", "hf_autoregressive") else self.ks):
-                                out.append(BenchmarkConfig(method=method, k=k, **common))
+                                block.append(BenchmarkConfig(method=method, k=k, **common))
+                        out.append(block)
         return out
 
+    def configs(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[BenchmarkConfig]:
+        """Every configuration of ``pair``, block by block (:meth:`blocks`), each once."""
+        return [c for block in self.blocks(pair, prompt_ids, dtype) for c in block]
 
-# Per profile, the offline pairs a sweep covers and how far: `ci` is the smallest sweep that
-# still shows every figure, `cpu` a bounded one for a laptop, `full` the four seed pairs.
-_PROFILE_SWEEPS = {
-    "ci": dict(pairs=("smollm2_ngram", "synthetic-eps0.05", "synthetic-eps0.2"), n_prompts=1, max_new_tokens=(16,),
-               ks=(1, 4), temperatures=(0.0,)),
-    "cpu": dict(pairs=("smollm2_ngram", "smollm2_early", "smollm2_nf4", "synthetic-eps0.05", "synthetic-eps0.2"),
-                temperatures=(0.0, 1.0)),
-    "full": dict(pairs=("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self", "smollm2_ngram",
-                        "smollm2_nf4", "smollm2_early"), temperatures=(0.0, 1.0)),
-}
+    def pending(self, pair: str, prompt_ids: dict[str, list[str]], done: set, dtype: str = "float32"):
+        """The units of work left: ``(repeat, configs)`` for every repeat of every block that is
+        not complete in ``done`` (a set of ``(config hash, repeat)``, :func:`completed_hashes`).
+        A unit holds the block's missing configurations *and* their baselines, even where a
+        baseline's record exists already: a speedup needs a baseline timed next to it."""
+        units = []
+        for r in range(self.n_repeats):
+            for block in self.blocks(pair, prompt_ids, dtype):
+                missing = [c for c in block if (c.config_hash, r) not in done]
+                if not missing:
+                    continue
+                need = {BASELINE[c.method] for c in missing}
+                units.append((r, [c for c in block if c in missing or (c.method in need and c.k == 0)]))
+        return units
 
 
-def plan_for_profile(profile=None, **overrides) -> SweepPlan:
-    """The sweep of a profile (:func:`specdec.profiles.get_profile`), with fields overridden.
-
-    The profile gives prompts per domain, tokens per prompt, the Ks and the device; this module
-    decides which pairs each profile covers (``ci`` a tiny subset: 1 prompt per domain,
-    16 tokens, K in (1, 4), greedy).
+def plan_for_profile(profile=None, which: str = "sweep", **overrides) -> SweepPlan:
+    """The plan of a profile's benchmark (:func:`specdec.profiles.get_profile`), with fields
+    overridden: ``which="sweep"`` is the profile's whole benchmark (for ``cpu``, the committed
+    results file that ``make results`` records), ``which="live"`` the bounded run a chapter
+    makes while the book builds. The profile gives the pairs, prompts per domain, tokens per
+    prompt, the Ks, the temperatures, the repeats and the device.
     """
     from .profiles import Profile, get_profile
     from .prompts import DOMAINS
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    fields_ = dict(pairs=(), domains=DOMAINS, ks=prof.ks, n_prompts=prof.n_prompts,
-                   max_new_tokens=(prof.max_new_tokens,), device=prof.device, profile=prof.name)
-    fields_.update(_PROFILE_SWEEPS[prof.name])
+    if which not in ("sweep", "live"):
+        raise ValueError(f"which must be 'sweep' or 'live', got {which!r}")
+    sw = getattr(prof, which)
+    fields_ = dict(pairs=sw.pairs, domains=DOMAINS, ks=sw.ks, n_prompts=sw.n_prompts,
+                   max_new_tokens=(sw.max_new_tokens,), temperatures=sw.temperatures, n_repeats=sw.n_repeats,
+                   device=prof.device, profile=prof.name)
     fields_.update(overrides)
     return SweepPlan(**fields_)
 
@@ -499,33 +530,96 @@ def _write_provenance(results_path: Path, record: dict) -> Path:
     return path
 
 
-def completed_hashes(path: str | Path) -> set[str]:
-    """Config hashes already in a results file (empty if the file does not exist)."""
+class BusyMachineError(RuntimeError):
+    """The machine is too busy to record a results file that others will read as a measurement."""
+
+
+BUSY_LOAD_PER_CORE = 0.75  # a committed file is refused above this load average per core (1.5 on 2 cores)
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+class _OthersCPU:
+    """Cores kept busy by *other* processes while a block ran: the machine's busy CPU time
+    (``/proc/stat``) minus this process's own (``/proc/self/stat``), over the wall time. The
+    load average cannot tell this: a benchmark's own two threads already make it 2."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            busy = sum(int(x) for i, x in enumerate(cpu[:8]) if i not in (3, 4))  # all but idle, iowait
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            return busy, int(own[11]) + int(own[12]), time.perf_counter()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cores(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        others = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return round(max(0.0, others / self.hz / (end[2] - self.start[2])), 3)
+
+
+def completed_hashes(path: str | Path) -> set[tuple[str, int]]:
+    """``(config hash, repeat)`` pairs already in a results file (empty if there is no file)."""
     path = Path(path)
     if not path.is_file():
         return set()
-    return {r.meta["config_hash"] for r in read_jsonl(path) if "config_hash" in r.meta}
+    return {(r.meta["config_hash"], int(r.meta.get("repeat", 0))) for r in read_jsonl(path) if "config_hash" in r.meta}
 
 
 def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: str | None = None,
-              log=print) -> Path:
-    """Run every configuration of ``plan`` not yet in ``out``, appending one JSON line each.
+              log=print, max_load: float | None = None, force: bool = False) -> Path:
+    """Run every configuration of ``plan`` not yet in ``out``, ``plan.n_repeats`` times each,
+    appending one JSON line per generation.
+
+    The unit of work is one repeat of one *block* (:meth:`SweepPlan.blocks`: the baseline and
+    every method and K on one prompt; :meth:`SweepPlan.pending` leaves out what is done, but
+    never a needed baseline): its configurations run one after another, in the
+    block's order on even repeats and reversed on odd ones (A B C, C B A, A B C, ...), so each
+    speedup divides two timings made a few seconds apart and a slow drift of the machine
+    cancels rather than favours whoever runs first. A unit's records are written together when
+    it ends, with their ``repeat`` index and the cores other processes kept busy meanwhile
+    (``others_cpu``); a sweep that stops half-way resumes at the first unfinished unit.
+
+    ``max_load``: refuse to start (:class:`BusyMachineError`) while the 1-minute load average
+    is above it, unless ``force``; the provenance record then says the run was forced. Use it
+    for files others will read as measurements (the command line does so under data/results).
 
     Pairs that cannot load here are skipped with one line through ``log``. Each invocation
     adds a provenance record to ``<out>.provenance.json`` when it starts (also when nothing is
-    left to run) and completes it when it ends (``n_new_records``, ``finished``).
+    left to run) and completes it when it ends (``n_new_records``, ``finished``, load averages).
     Returns the results path.
     """
     from .models import ModelUnavailableError, VocabularyMismatchError
 
     out = Path(out)
+    load = load_average()
+    busy = max_load is not None and load is not None and load[0] > max_load
+    if busy and not force:
+        raise BusyMachineError(
+            f"the load average is {load[0]:.2f} (above {max_load:.2f}): something else is running, and "
+            f"timings made now would not be measurements of this code; wait for a quiet machine or force it")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = completed_hashes(out)
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S-") + os.urandom(3).hex()
     record = provenance(plan, command, plan.device)
-    record.update(run_id=run_id, skipped_pairs={}, n_new_records=0, finished=None)
+    record.update(run_id=run_id, skipped_pairs={}, n_new_records=0, finished=None, load_average_start=load,
+                  max_load=max_load, forced_while_busy=bool(busy))
     _write_provenance(out, record)  # a run in progress is already described
-    n_new = 0
+    n_new, others = 0, []
     try:
         for name in plan.pairs:
             try:
@@ -537,21 +631,33 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
                 continue
             prompts = bench_prompts(pair, plan.domains, plan.n_prompts, plan.seed)
             by_id = {pid: ids for items in prompts.values() for pid, ids in items}
-            todo = [c for c in plan.configs(name, {d: [pid for pid, _ in v] for d, v in prompts.items()}, pair.dtype)
-                    if c.config_hash not in done]
-            if not todo:
+            units = plan.pending(name, {d: [pid for pid, _ in v] for d, v in prompts.items()}, done, pair.dtype)
+            if not units:
                 continue
-            _warm_up(pair, todo, by_id)
-            for cfg in tqdm(todo, desc=name, disable=not progress):
-                res = run_config(pair, cfg, by_id[cfg.prompt_id])
-                res.meta["run_id"] = run_id
-                write_jsonl(out, [res])
-                done.add(cfg.config_hash)
-                n_new += 1
+            _warm_up(pair, [c for _, block in units for c in block], by_id)
+            bar = tqdm(total=sum(len(b) for _, b in units), desc=name, disable=not progress)
+            for r, block in units:
+                meter, results = _OthersCPU(), []
+                for cfg in (block if r % 2 == 0 else block[::-1]):
+                    res = run_config(pair, cfg, by_id[cfg.prompt_id])
+                    res.meta.update(run_id=run_id, repeat=r)
+                    results.append(res)
+                    bar.update(1)
+                busy_cores = meter.cores()
+                for res in results:
+                    res.meta["others_cpu"] = busy_cores
+                write_jsonl(out, results)
+                done.update((res.meta["config_hash"], r) for res in results)
+                n_new += len(results)
+                if busy_cores is not None:
+                    others.append(busy_cores)
+            bar.close()
             del pair
     finally:
-        record["n_new_records"] = n_new
-        record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        record.update(n_new_records=n_new, load_average_end=load_average(),
+                      others_cpu_median=float(np.median(others)) if others else None,
+                      others_cpu_max=max(others) if others else None,
+                      finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         _write_provenance(out, record)
     return out
 
@@ -572,8 +678,9 @@ def _warm_up(pair: BenchPair, todo: list[BenchmarkConfig], by_id: dict) -> None:
 # Aggregation
 # --------------------------------------------------------------------------------------------
 
-_KEY = ["pair", "domain", "prompt_id", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "dtype",
-        "run_id"]
+# A generation and its baseline share these: same prompt and settings, same run, same repeat.
+BASELINE_KEY = _KEY = ["pair", "domain", "prompt_id", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "dtype",
+        "run_id", "repeat"]
 
 
 def alpha_estimate(accepted: list[int], drafted: list[int]) -> float | None:
@@ -592,8 +699,8 @@ def alpha_estimate(accepted: list[int], drafted: list[int]) -> float | None:
 def load_results(paths) -> "pd.DataFrame":
     """Results file(s) (or a list of GenerationResult) as one row per generation.
 
-    Columns: the :class:`BenchmarkConfig` fields, ``config_hash``, ``run_id``, ``n_new``,
-    ``total_s``, ``ttft_s``, ``decode_s``, ``tokens_per_s``, ``decode_tokens_per_s``,
+    Columns: the :class:`BenchmarkConfig` fields, ``config_hash``, ``run_id``, ``repeat``,
+    ``others_cpu`` (cores other processes kept busy meanwhile, where recorded), ``n_new``, ``total_s``, ``ttft_s``, ``decode_s``, ``tokens_per_s``, ``decode_tokens_per_s``,
     ``rounds``, ``drafted``, ``accepted``, ``acceptance_rate``, ``alpha_hat``, one
     ``<phase>_s`` column per phase (overhead included), ``draft_steps``, and ``result`` (the
     :class:`GenerationResult` itself, for per-token data).
@@ -611,9 +718,10 @@ def load_results(paths) -> "pd.DataFrame":
             raise ValueError("a result without meta['config'] was not written by specdec.bench; "
                              "run it through run_config/run_sweep")
         row = dict(r.meta["config"])
-        row.update(config_hash=r.meta.get("config_hash"), run_id=r.meta.get("run_id", ""), n_new=r.n_new,
+        row.update(config_hash=r.meta.get("config_hash"), run_id=r.meta.get("run_id", ""),
+                   repeat=int(r.meta.get("repeat", 0)), others_cpu=_nan(r.meta.get("others_cpu")), n_new=r.n_new,
                    total_s=r.total_s, ttft_s=r.ttft_s, decode_s=r.decode_s, tokens_per_s=r.tokens_per_s,
-                   decode_tokens_per_s=(r.n_new - 1) / r.decode_s if r.n_new > 1 and r.decode_s > 0 else np.nan,
+                   decode_tokens_per_s=r.decode_tokens_per_s,
                    rounds=len(r.drafted_per_round), drafted=sum(r.drafted_per_round),
                    accepted=sum(r.accepted_per_round),
                    acceptance_rate=r.acceptance_rate if r.acceptance_rate is not None else np.nan,
@@ -625,9 +733,19 @@ def load_results(paths) -> "pd.DataFrame":
         row["drafter"] = r.meta.get("drafter", "")
         row["draft_steps"] = 0 if row["drafter"] == "ngram" else row["drafted"]
         rows.append(row)
-    cols = list(BenchmarkConfig.__dataclass_fields__) + ["config_hash", "run_id"]
+    cols = list(BenchmarkConfig.__dataclass_fields__) + ["config_hash", "run_id", "repeat"]
     df = pd.DataFrame(rows)
     return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
+
+
+def _first_repeat(df):
+    """The rows of each configuration's first repeat: a repeat re-times the same seeded
+    generation (same tokens, same rounds), so counts pooled over repeats would count each
+    round several times."""
+    if df.empty or "repeat" not in df:
+        return df
+    first = df.groupby("config_hash").repeat.transform("min")
+    return df[df.repeat == first]
 
 
 def _nan(x):
@@ -641,47 +759,69 @@ def _gmean(x) -> float:
 
 
 def speedups(df) -> "pd.DataFrame":
-    """One row per non-baseline generation with its baseline's numbers and the ratios.
+    """One row per non-baseline generation with its baseline's numbers and the speedups.
 
-    The baseline is the same pair, prompt, token budget, sampling settings and run, with
-    ``autoregressive`` for our speculative loop and ``hf_autoregressive`` for the transformers
-    methods. ``speedup`` is the ratio of tokens per second (the first token included),
-    ``time_ratio`` baseline time / method time (equal when both emit the same number of tokens),
-    ``decode_speedup`` the ratio of tokens per second after the first token, and
-    ``speedup_vs_ours`` a transformers method against *our* autoregressive baseline.
+    The baseline is the generation of the same pair, prompt, token budget, sampling settings,
+    run and repeat (timed a few seconds apart, :func:`run_sweep`), with ``autoregressive`` for
+    our speculative loop and ``hf_autoregressive`` for the transformers methods. Both speedups
+    are :func:`specdec.metrics.speedup`, the book's one definition: ``speedup`` the headline,
+    decode-only (after the first token), ``speedup_e2e`` end to end (first token included);
+    ``speedup_vs_ours`` puts a transformers method against *our* autoregressive baseline.
     """
     import pandas as pd
 
-    def base(method):
-        b = df[df.method == method][_KEY + ["tokens_per_s", "total_s", "decode_tokens_per_s"]]
-        return b.rename(columns={"tokens_per_s": "base_tokens_per_s", "total_s": "base_total_s",
-                                 "decode_tokens_per_s": "base_decode_tokens_per_s"})
+    def base(method, prefix):
+        b = df[df.method == method][_KEY + ["result"]]
+        return b.rename(columns={"result": prefix})
 
     parts = []
     for method in ("speculative", "hf_assisted", "hf_prompt_lookup"):
         sub = df[df.method == method]
         if sub.empty:
             continue
-        m = sub.merge(base(BASELINE[method]), on=_KEY, how="inner")
-        ours = base("autoregressive")[_KEY + ["base_tokens_per_s"]].rename(columns={"base_tokens_per_s": "ours_tps"})
-        m = m.merge(ours, on=_KEY, how="left")
-        m["speedup"] = m.tokens_per_s / m.base_tokens_per_s
-        m["time_ratio"] = m.base_total_s / m.total_s
-        m["decode_speedup"] = m.decode_tokens_per_s / m.base_decode_tokens_per_s
-        m["speedup_vs_ours"] = m.tokens_per_s / m.ours_tps
-        parts.append(m.drop(columns="ours_tps"))
+        m = sub.merge(base(BASELINE[method], "base_result"), on=_KEY, how="inner")
+        m = m.merge(base("autoregressive", "ours_result"), on=_KEY, how="left")
+        m["speedup"] = [metric_speedup(r, b) for r, b in zip(m.result, m.base_result)]
+        m["speedup_e2e"] = [metric_speedup(r, b, end_to_end=True) for r, b in zip(m.result, m.base_result)]
+        m["speedup_vs_ours"] = [metric_speedup(r, o) if isinstance(o, GenerationResult) else np.nan
+                                for r, o in zip(m.result, m.ours_result)]
+        m["base_tokens_per_s"] = [b.tokens_per_s for b in m.base_result]
+        m["base_decode_tokens_per_s"] = [b.decode_tokens_per_s for b in m.base_result]
+        parts.append(m.drop(columns=["base_result", "ours_result"]))
     if not parts:
         raise ValueError("no speculative generations with a matching baseline in these results")
     return pd.concat(parts, ignore_index=True)
 
 
+def summarise(s, by, value: str) -> "pd.DataFrame":
+    """Aggregate a per-generation ``value`` (e.g. a speedup of :func:`speedups`) per group
+    ``by``, with its spread. Within a group, each prompt's repeats give a median; the value is
+    the geometric mean of those medians over prompts. The spread is over repeats: ``lo`` and
+    ``hi`` are the smallest and largest geometric mean over prompts of any single repeat (how
+    far one run of the whole group could land), ``n_prompts`` and ``n_repeats`` count them."""
+    import pandas as pd
+
+    by = list(by)
+    rows = []
+    for key, g in s.groupby(by, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        per_prompt = g.groupby("prompt_id")[value].median()
+        per_repeat = g.groupby("repeat")[value].agg(_gmean)
+        rows.append({**dict(zip(by, key)), value: _gmean(per_prompt), "lo": float(per_repeat.min()),
+                     "hi": float(per_repeat.max()), "n_prompts": g.prompt_id.nunique(),
+                     "n_repeats": g.repeat.nunique()})
+    return pd.DataFrame(rows, columns=by + [value, "lo", "hi", "n_prompts", "n_repeats"])
+
+
 def speedup_table(df, method: str = "speculative", by=("pair", "k", "domain"), value: str = "speedup") -> "pd.DataFrame":
-    """Geometric mean of per-prompt speedups (``value`` column of :func:`speedups`) per group."""
+    """Per group: the geometric mean over prompts of each prompt's median speedup over repeats,
+    with its spread over repeats (:func:`summarise`). ``value`` is a column of
+    :func:`speedups`: ``speedup`` (decode-only, the headline) or ``speedup_e2e``."""
     s = speedups(df)
     s = s[s.method == method]
     if s.empty:
         raise ValueError(f"no {method!r} generations with a baseline in these results")
-    return (s.groupby(list(by), dropna=False)[value].agg(_gmean).rename(value).reset_index())
+    return summarise(s, by, value)
 
 
 def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.DataFrame":
@@ -690,7 +830,7 @@ def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.D
     ``mean_accepted`` per round, ``tokens_per_round`` and the number of rounds."""
     import pandas as pd
 
-    s = df[(df.method == "speculative") & (df.rounds > 0)]
+    s = _first_repeat(df[(df.method == "speculative") & (df.rounds > 0)])
     rows = []
     for key, g in s.groupby(list(by), dropna=False):
         acc = [a for r in g.result for a in r.accepted_per_round]
@@ -758,7 +898,8 @@ def cost_ratios(df) -> "pd.DataFrame":
 
 
 def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.DataFrame":
-    """Measured decode speedup next to two predictions from measured alpha and cost:
+    """Measured decode speedup (:func:`summarise`: ``measured`` with its spread over repeats,
+    ``measured_lo`` .. ``measured_hi``) next to two predictions from measured alpha and cost:
 
     * ``predicted``: the law :func:`specdec.theory.speedup` with ``alpha_hat`` and ``c`` (a
       verification costs one target step);
@@ -770,9 +911,10 @@ def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.
     acc = acceptance_by_domain(df, by=by)
     cost = cost_ratios(df)
     sp = speedups(df)
-    sp = sp[sp.method == "speculative"].groupby(list(by))["decode_speedup"].agg(_gmean).reset_index()
+    sp = summarise(sp[sp.method == "speculative"], by, "speedup")
+    sp = sp.drop(columns=["n_prompts", "n_repeats"]).rename(
+        columns={"speedup": "measured", "lo": "measured_lo", "hi": "measured_hi"})
     out = acc.merge(cost, on=["pair", "k"]).merge(sp, on=list(by))
-    out = out.rename(columns={"decode_speedup": "measured"})
     ks = out.k.to_numpy(dtype=np.int64)
     alpha = out.alpha_hat.clip(0, 1).to_numpy()
     out["predicted"] = theory.speedup(alpha, out.c.to_numpy(), ks)
@@ -843,45 +985,55 @@ def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5
 # --------------------------------------------------------------------------------------------
 
 
-def _floats(s: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in s.split(",") if x)
-
-
-def _ints(s: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in s.split(",") if x)
-
-
-def _strs(s: str) -> tuple[str, ...]:
-    return tuple(x for x in s.split(",") if x)
+def _committed(path: Path) -> bool:
+    """Is ``path`` under a ``data/results`` folder, where the book's committed results live?"""
+    parts = path.resolve().parts
+    return any(parts[i:i + 2] == ("data", "results") for i in range(len(parts) - 1))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m specdec.bench", description=__doc__.splitlines()[0])
+    from . import cli
+    from .profiles import PROFILES
+    from .prompts import DOMAINS
+
+    ap = cli.ArgumentParser(prog="python -m specdec.bench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a sweep (resumes an existing results file)")
     run.add_argument("--out", required=True, help="results file (JSON lines), e.g. runs/cpu.jsonl")
-    run.add_argument("--profile", default=None, help="ci | cpu | full (default: $SPECDEC_PROFILE, else cpu)")
-    run.add_argument("--pairs", type=_strs, help="comma-separated pair names (registry or synthetic-eps<x>)")
-    run.add_argument("--domains", type=_strs, help="comma-separated prompt domains")
-    run.add_argument("--ks", type=_ints, help="comma-separated draft lengths, e.g. 1,2,4,8")
-    run.add_argument("--n-prompts", type=int, help="prompts per domain")
-    run.add_argument("--max-new-tokens", type=_ints, help="comma-separated token budgets")
-    run.add_argument("--temperatures", type=_floats, help="comma-separated temperatures (0 = greedy)")
-    run.add_argument("--top-k", type=int)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device")
+    run.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                     help="whose sweep to run (default: $SPECDEC_PROFILE, else cpu)")
+    run.add_argument("--live", action="store_true", help="the profile's bounded live sweep instead of its whole one")
+    run.add_argument("--pairs", type=cli.name_list(validate=_check_pair_name, what="pair"),
+                     help="comma-separated pair names (registry or synthetic-eps<x>)")
+    run.add_argument("--domains", type=cli.name_list(DOMAINS, what="domain"), help="comma-separated prompt domains")
+    run.add_argument("--ks", type=cli.int_list(minimum=1), help="comma-separated draft lengths, e.g. 1,2,4,8")
+    run.add_argument("--n-prompts", type=cli.positive_int, help="prompts per domain")
+    run.add_argument("--max-new-tokens", type=cli.int_list(minimum=1), help="comma-separated token budgets")
+    run.add_argument("--temperatures", type=cli.float_list(minimum=0.0), help="comma-separated temperatures (0 = greedy)")
+    run.add_argument("--repeats", type=cli.positive_int, help="times each configuration runs (default: the profile's)")
+    run.add_argument("--top-k", type=cli.nonneg_int)
+    run.add_argument("--top-p", type=cli.float_range(0.0, 1.0, min_open=True))
+    run.add_argument("--seed", type=cli.nonneg_int)
+    run.add_argument("--device", choices=("cpu", "cuda"))
     run.add_argument("--no-hf-peers", action="store_true", help="skip the transformers generate() methods")
+    run.add_argument("--force", action="store_true",
+                     help="record a file under data/results although the machine is busy (the provenance says so)")
     summ = sub.add_parser("summary", help="print speedup and acceptance tables of a results file")
     summ.add_argument("results")
     args = ap.parse_args(argv)
 
     if args.command == "summary":
+        if not Path(args.results).is_file():
+            summ.argument_error("results", f"no file {args.results!r}", "a results file written by 'run'")
         import pandas as pd
 
         df = load_results(args.results)
         with pd.option_context("display.width", 160, "display.max_rows", 200):
-            print(speedup_table(df).to_string(index=False, float_format="%.3f"))
+            print("decode speedup (after the first token; median over repeats, geometric mean over prompts; "
+                  "lo..hi over repeats) and end to end:")
+            table = speedup_table(df)
+            table["speedup_e2e"] = speedup_table(df, value="speedup_e2e")["speedup_e2e"]
+            print(table.to_string(index=False, float_format="%.3f"))
             print()
             print(acceptance_by_domain(df).to_string(index=False, float_format="%.3f"))
         return 0
@@ -889,12 +1041,22 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {name: getattr(args, attr) for name, attr in
                  [("pairs", "pairs"), ("domains", "domains"), ("ks", "ks"), ("n_prompts", "n_prompts"),
                   ("max_new_tokens", "max_new_tokens"), ("temperatures", "temperatures"), ("top_k", "top_k"),
-                  ("top_p", "top_p"), ("seed", "seed"), ("device", "device")] if getattr(args, attr) is not None}
+                  ("top_p", "top_p"), ("seed", "seed"), ("device", "device"), ("n_repeats", "repeats")]
+                 if getattr(args, attr) is not None}
     if args.no_hf_peers:
         overrides["hf_peers"] = False
-    plan = plan_for_profile(args.profile, **overrides)
+    try:
+        plan = plan_for_profile(args.profile, which="live" if args.live else "sweep", **overrides)
+    except ValueError as err:
+        ap.error(str(err))
+    out = Path(args.out)
+    max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if _committed(out) else None
     command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    path = run_sweep(plan, args.out, command=command)
+    try:
+        path = run_sweep(plan, out, command=command, max_load=max_load, force=args.force)
+    except BusyMachineError as err:
+        print(f"{ap.prog}: {err} (--force records anyway, and says so in the provenance)", file=sys.stderr)
+        return 3
     print(f"results: {path}  provenance: {provenance_path(path)}")
     return 0
 

@@ -1,5 +1,7 @@
 """Greedy identity on the real, offline SmolLM2-135M-Instruct for every offline drafter and K."""
 
+import re
+
 import pytest
 import torch
 
@@ -59,3 +61,6 @@ def test_python_m_specdec_reports_a_match(capsys):
     assert main(["--max-new-tokens", "12", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "acceptance rate" in out and "matches plain greedy decoding token for token: yes" in out
+    line = next(s for s in out.splitlines() if s.startswith("speedup:"))
+    m = re.match(r"speedup: ([0-9.]+)x decode-only \(after the first token\), ([0-9.]+)x end to end", line)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, line

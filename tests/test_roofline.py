@@ -180,6 +180,7 @@ def test_load_hardware():
     lambda: rl.min_ms_per_token(tiny_llama(), 0),
     lambda: rl.measure_matmul_flops(n=0),
     lambda: rl.measure_bandwidth(nbytes=1024, method="scan"),
+    lambda: rl.measure_matmul_flops(n=8, summary="max"),
     lambda: rl.model_shape(AutoConfig.for_model("bert")),
 ])
 def test_bad_input_is_a_value_error(call):
@@ -196,7 +197,8 @@ def test_measurements_are_positive_and_finite():
     flops = rl.measure_matmul_flops(n=128, repeats=2, warmup=1)
     bw = rl.measure_bandwidth(nbytes=4 * 2**20, repeats=2)
     bw_sum = rl.measure_bandwidth(nbytes=4 * 2**20, repeats=2, method="sum")
-    assert all(math.isfinite(x) and x > 0 for x in (flops, bw, bw_sum))
+    fastest = rl.measure_matmul_flops(n=128, repeats=2, warmup=1, summary="min")
+    assert all(math.isfinite(x) and x > 0 for x in (flops, bw, bw_sum, fastest))
 
 
 def test_forward_timing_keeps_the_context_fixed():
@@ -209,3 +211,222 @@ def test_forward_timing_keeps_the_context_fixed():
     assert all(math.isfinite(m) and m > 0 for m in curve.ms)
     with pytest.raises(ValueError, match="positions"):
         rl.measure_forward_ms(model, n_tokens=8, context=60)
+
+
+# --------------------------------------------------------------------------- the model's own matrices
+
+
+def _linear_weight_shapes(config):
+    """(in, out) -> count over the matrices a built model multiplies by (meta device, no memory)."""
+    from collections import Counter
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    counts = Counter()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            counts[(module.in_features, module.out_features)] += 1
+        elif isinstance(module, Conv1D):  # GPT-2 stores [in, out]
+            counts[tuple(module.weight.shape)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("config", [tiny_llama(), tiny_llama(head_dim=16, intermediate_size=64), tiny_gpt2()],
+                         ids=["llama-gqa", "llama-head_dim", "gpt2"])
+def test_linear_shapes_are_the_matrices_of_a_real_build(config):
+    shapes = rl.linear_shapes(config)
+    assert {(s.in_features, s.out_features): s.per_pass for s in shapes} == _linear_weight_shapes(config)
+    assert sum(len(s.names) for s in shapes) == (8 if config.model_type == "llama" else 5)
+
+
+@pytest.mark.parametrize("key", CONFIG_KEYS)
+def test_linear_shapes_add_up_to_the_matmul_parameters(key):
+    config = model_config(key)
+    shapes = rl.linear_shapes(config)
+    assert sum(s.per_pass * s.in_features * s.out_features for s in shapes) == rl.matmul_param_count(config)
+    assert _linear_weight_shapes(config) == {(s.in_features, s.out_features): s.per_pass for s in shapes}
+
+
+def test_linear_shapes_of_smollm2_come_from_its_config():
+    config = model_config("smollm2-135m")
+    d, L = config.hidden_size, config.num_hidden_layers
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    by_names = {s.names: (s.in_features, s.out_features, s.per_pass) for s in rl.linear_shapes(config)}
+    assert d == q  # SmolLM2: the q and o projections are square, so they share one shape
+    assert by_names == {("q_proj", "o_proj"): (d, q, 2 * L), ("k_proj", "v_proj"): (d, kv, 2 * L),
+                        ("gate_proj", "up_proj"): (d, config.intermediate_size, 2 * L),
+                        ("down_proj",): (config.intermediate_size, d, L),
+                        ("lm_head",): (d, config.vocab_size, 1)}
+    # changing the config changes the shapes: nothing is hard-coded
+    wider = model_config("smollm2-135m", intermediate_size=2048)
+    assert any(s.out_features == 2048 for s in rl.linear_shapes(wider))
+
+
+def test_linear_shape_flops_and_bytes_are_exact():
+    s = rl.LinearShape(("w",), in_features=576, out_features=1536, per_pass=30)
+    assert s.flops(9) == 2 * 9 * 576 * 1536 == 15_925_248
+    assert s.bytes(9, 4) == (576 * 1536 + 9 * (576 + 1536)) * 4
+    assert s.bytes(1, 2) == (576 * 1536 + 576 + 1536) * 2
+    assert s.label == "w 576\u21921536"
+
+
+LINEAR_COLUMNS = ["dtype", "matrices", "in_features", "out_features", "per_pass", "copies", "m", "flops", "bytes",
+                  "intensity", "seconds", "seconds_q1", "seconds_q3", "gflops"]
+
+
+def test_measure_linear_gflops_table():
+    config = tiny_llama()
+    shapes = rl.linear_shapes(config)
+    table = rl.measure_linear_gflops(config, ms=(3, 1), dtypes=(torch.float32, torch.bfloat16), repeats=2,
+                                     warmup=0, copies=2)
+    assert list(table.columns) == LINEAR_COLUMNS
+    assert len(table) == 2 * len(shapes) * 2
+    assert set(table["dtype"]) == {"float32", "bfloat16"} and sorted(set(table["m"])) == [1, 3]
+    assert (table["copies"] == table["per_pass"].clip(upper=2)).all()
+    elem = table["dtype"].map({"float32": 4, "bfloat16": 2})
+    i, o, m = table["in_features"], table["out_features"], table["m"]
+    assert (table["flops"] == 2 * m * i * o).all()
+    assert np.allclose(table["bytes"], (i * o + m * (i + o)) * elem)
+    assert np.allclose(table["intensity"], table["flops"] / table["bytes"])
+    assert np.isfinite(table["gflops"]).all() and (table["gflops"] > 0).all()
+    assert ((table["seconds_q1"] <= table["seconds"]) & (table["seconds"] <= table["seconds_q3"])).all()
+    assert np.allclose(table["gflops"], table["flops"] / table["seconds"] / 1e9)
+    head = table[table["matrices"].str.startswith("lm_head")]
+    assert set(head["out_features"]) == {config.vocab_size} and (head["per_pass"] == 1).all()
+
+
+def test_measure_linear_gflops_times_with_the_profiling_helpers(monkeypatch):
+    """The timing comes from specdec.profiling.time_interleaved; each round runs `copies` products."""
+    import specdec.profiling as profiling
+
+    calls = []
+
+    def fake_interleaved(fns, repeats, warmup=1, device="cpu", progress=False):
+        calls.append((sorted(fns), repeats, warmup))
+        return {m: [1e-3 * m] * repeats for m in fns}  # a round of m rows takes m ms
+
+    monkeypatch.setattr(profiling, "time_interleaved", fake_interleaved)
+    config = tiny_llama()
+    table = rl.measure_linear_gflops(config, ms=(1, 2, 4), dtypes=(torch.float32,), repeats=3, warmup=1)
+    assert calls == [([1, 2, 4], 3, 1)] * len(rl.linear_shapes(config))
+    assert (table["copies"] == table["per_pass"]).all()  # copies=None: as many matrices as one pass has
+    assert np.allclose(table["seconds"], 1e-3 * table["m"] / table["copies"])
+    # "min" takes the fastest round: here every round of m rows takes m ms, except a slow first one
+    def slow_first(fns, repeats, warmup=1, device="cpu", progress=False):
+        return {m: [5e-3 * m] + [1e-3 * m] * (repeats - 1) for m in fns}
+
+    monkeypatch.setattr(profiling, "time_interleaved", slow_first)
+    fastest = rl.measure_linear_gflops(config, ms=(1, 2), dtypes=(torch.float32,), repeats=3,
+                                       summary="min")
+    assert np.allclose(fastest["seconds"], 1e-3 * fastest["m"] / fastest["copies"])
+    assert (fastest["seconds_q3"] > fastest["seconds"]).all()
+    passes = rl.pass_matmul_ms(table)
+    # per_pass products of copies-per-round time: every m costs m ms per shape and pass
+    assert np.allclose(passes["matmul_ms"], passes["m"] * len(rl.linear_shapes(config)))
+    assert np.allclose(passes["flops"], 2 * passes["m"] * rl.matmul_param_count(config))
+    # at one row a pass's products move every matmul weight once, plus a few activations
+    one = passes[passes["m"] == 1].iloc[0]
+    assert 4 * rl.matmul_param_count(config) < one["bytes"] < 4.2 * rl.matmul_param_count(config)
+
+
+def test_pass_matmul_ms_sums_per_pass():
+    import pandas as pd
+
+    table = pd.DataFrame({"dtype": ["float32"] * 4, "m": [2, 2, 1, 1], "per_pass": [30, 1, 30, 1],
+                          "seconds": [2e-4, 3e-3, 1e-4, 2e-3], "flops": [20.0, 200.0, 10.0, 100.0],
+                          "bytes": [5.0, 50.0, 4.0, 40.0]})
+    out = rl.pass_matmul_ms(table)
+    assert list(out.columns) == ["dtype", "m", "matmul_ms", "flops", "bytes", "intensity", "gflops"]
+    assert out["m"].tolist() == [1, 2]
+    assert np.allclose(out["matmul_ms"], [30 * 0.1 + 2.0, 30 * 0.2 + 3.0])
+    assert np.allclose(out["flops"], [400.0, 800.0]) and np.allclose(out["bytes"], [160.0, 200.0])
+    assert np.allclose(out["intensity"], [2.5, 4.0])
+    assert np.allclose(out["gflops"], [400 / 5e-3 / 1e9, 800 / 9e-3 / 1e9])
+    with pytest.raises(ValueError, match="missing columns"):
+        rl.pass_matmul_ms(table.drop(columns="per_pass"))
+
+
+def test_fit_affine_cost_recovers_a_line():
+    fixed, per_token = rl.fit_affine_cost([1, 2, 4, 8, 16], [40 + 3 * n for n in (1, 2, 4, 8, 16)])
+    assert fixed == pytest.approx(40) and per_token == pytest.approx(3)
+    with pytest.raises(ValueError):
+        rl.fit_affine_cost([4, 4], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        rl.fit_affine_cost([1, 2], [1.0])
+
+
+@pytest.mark.parametrize("kw", [dict(ms=(0, 1)), dict(ms=()), dict(copies=0), dict(dtypes=(torch.int8,)),
+                                dict(repeats=0), dict(summary="mean")])
+def test_measure_linear_gflops_bad_input(kw):
+    with pytest.raises(ValueError):
+        rl.measure_linear_gflops(tiny_llama(), **{"ms": (1,), "repeats": 1, **kw})
+
+
+def test_measure_pass_breakdown_times_the_pass_and_its_products_in_the_same_rounds(monkeypatch):
+    import specdec.profiling as profiling
+
+    config = tiny_llama()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    seen = {}
+
+    def fake_interleaved(fns, repeats, warmup=1, device="cpu", progress=False):
+        seen["names"], seen["repeats"], seen["warmup"] = sorted(fns), repeats, warmup
+        for fn in fns.values():  # each callable must run (and keep the cache at its context)
+            fn()
+        # round r: a pass of k tokens takes 10 + k + r ms, its products 4 + k ms
+        return {(what, k): [(10 + k + r if what == "forward" else 4 + k) * 1e-3 for r in range(repeats)]
+                for what, k in fns}
+
+    monkeypatch.setattr(profiling, "time_interleaved", fake_interleaved)
+    table = rl.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0)
+    assert seen["names"] == sorted((w, k) for w in ("forward", "products") for k in (1, 2, 4))
+    assert (seen["repeats"], seen["warmup"]) == (3, 0)
+    assert list(table.columns) == ["k", "forward_ms", "products_ms", "rest_ms", "relative"]
+    assert table["k"].tolist() == [1, 2, 4]
+    assert np.allclose(table["forward_ms"], [12, 13, 15]) and np.allclose(table["products_ms"], [5, 6, 8])
+    assert np.allclose(table["rest_ms"], 7) and np.allclose(table["relative"], [1, 13 / 12, 15 / 12])
+    fastest = rl.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0, summary="min")
+    assert np.allclose(fastest["forward_ms"], [11, 12, 14]) and np.allclose(fastest["rest_ms"], 6)
+    with pytest.raises(ValueError, match="summary"):
+        rl.measure_pass_breakdown(model, ks=(2,), context=9, summary="mean")
+
+
+def test_measure_pass_breakdown_on_a_real_model():
+    config = tiny_llama()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    table = rl.measure_pass_breakdown(model, ks=(3,), context=9, repeats=2)
+    assert table["k"].tolist() == [1, 3] and table["relative"].iloc[0] == 1.0
+    assert np.isfinite(table[["forward_ms", "products_ms", "rest_ms"]].to_numpy()).all()
+    assert (table["forward_ms"] > 0).all() and (table["products_ms"] > 0).all()
+    with pytest.raises(ValueError, match="positions"):
+        rl.measure_pass_breakdown(model, ks=(8,), context=60)
+
+    with pytest.raises(TypeError):
+        rl.measure_pass_breakdown(config)
+
+
+def test_measure_pass_breakdown_counts_gpt2_conv1d_projections(monkeypatch):
+    import specdec.profiling as profiling
+
+    config = tiny_gpt2()
+    gpt2 = AutoModelForCausalLM.from_config(config).eval()
+    calls = []
+    real_addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **kw: calls.append(1) or real_addmm(*a, **kw))
+
+    def run_products_once(fns, repeats, warmup=1, device="cpu", progress=False):
+        calls.clear()
+        fns[("products", 1)]()
+        return {name: [1e-3] * repeats for name in fns}
+
+    monkeypatch.setattr(profiling, "time_interleaved", run_products_once)
+    rl.measure_pass_breakdown(gpt2, ks=(1,), context=5, repeats=1)
+    assert len(calls) == 4 * config.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
+
+
+def test_peaks_summarise_the_rounds_by_median_or_fastest(monkeypatch):
+    monkeypatch.setattr(rl, "time_repeated", lambda fn, repeats, warmup, device: [3.0, 1.0, 2.0])
+    assert rl.measure_matmul_flops(n=4, repeats=3) == 2 * 4**3 / 2.0
+    assert rl.measure_matmul_flops(n=4, repeats=3, summary="min") == 2 * 4**3 / 1.0
+    assert rl.measure_bandwidth(nbytes=4096, repeats=3, method="sum", summary="min") == 4096 / 1.0

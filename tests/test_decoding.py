@@ -71,6 +71,35 @@ def test_bookkeeping_and_jsonl_round_trip(tiny_target, tiny_drafts, prompt, tmp_
         GenerationResult.from_dict({"method": "x"})
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)],
+                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize("drafter_name", ["other", "ngram"])
+def test_recorded_proposals_match_accepted_counts_and_tokens(tiny_target, tiny_drafts, prompt, params,
+                                                              drafter_name):
+    drafter = NGramDrafter() if drafter_name == "ngram" else ModelDrafter(tiny_drafts[drafter_name])
+    out = speculative_generate(tiny_target, drafter, prompt, 40, 4, params, seed=2)
+    assert len(out.proposed_per_round) == len(out.drafted_per_round) == len(out.accepted_per_round)
+    pos = 1  # the first token comes from the prefill
+    for proposed, d, n in zip(out.proposed_per_round, out.drafted_per_round, out.accepted_per_round):
+        assert len(proposed) == d and all(isinstance(t, int) for t in proposed)
+        assert proposed[:n] == out.tokens[pos : pos + n]  # the accepted prefix is what was emitted
+        if n < d:  # a rejected token is never the target's correction (the residual gives it 0)
+            assert out.tokens[pos + n] != proposed[n]
+        pos += n + 1
+    assert pos == out.n_new == 40
+    assert sum(map(len, out.proposed_per_round)) == sum(out.drafted_per_round)
+    if drafter_name == "other":
+        assert any(n < d for n, d in zip(out.accepted_per_round, out.drafted_per_round))
+
+
+def test_files_written_before_proposals_were_recorded_still_load(tiny_target, prompt, tmp_path):
+    out = speculative_generate(tiny_target, NGramDrafter(), prompt, 10, 2)
+    old = {k: v for k, v in out.to_dict().items() if k != "proposed_per_round"}
+    back = GenerationResult.from_dict(old)
+    assert back.proposed_per_round == [] and back.accepted_per_round == out.accepted_per_round
+    assert read_jsonl(write_jsonl(tmp_path / "r.jsonl", [out]))[0].proposed_per_round == out.proposed_per_round
+
+
 def test_acceptance_by_position():
     r = GenerationResult("speculative", [], 1, 1.0, 0.1, [], drafted_per_round=[3, 3, 3, 2],
                          accepted_per_round=[3, 1, 0, 2])

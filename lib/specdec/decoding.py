@@ -90,6 +90,7 @@ def speculative_generate(
             n = int(n)
         run.target.crop(len(run.seq) + n)  # roll back past the rejected draft tokens
         run.rounds.append((len(draft), n))
+        run.proposals.append(draft.tolist())
         run.emit(torch.cat([draft[:n], nxt.view(1)]))
         run.round_latencies.append(run.timer.now() - t_round)
     return run.result()
@@ -123,7 +124,8 @@ class _Run:
         self.meta = {"seed": seed}
         self.method = method
         self.stopped = False
-        self.rounds: list[tuple[int, int]] = []
+        self.rounds: list[tuple[int, int]] = []  # (drafted, accepted) per round
+        self.proposals: list[list[int]] = []  # the drafted token ids per round
         self.round_latencies: list[float] = []
         self.emit_times: list[float] = []
         self.bar = tqdm(total=max_new_tokens, desc=method, leave=False, disable=not progress)
@@ -170,6 +172,7 @@ class _Run:
             round_latencies_s=self.round_latencies,
             drafted_per_round=[d for d, _ in self.rounds],
             accepted_per_round=[a for _, a in self.rounds],
+            proposed_per_round=self.proposals,
             phase_s=dict(self.timer.seconds),
             peak_bytes=dict(self.timer.peak_bytes),
             meta=self.meta,

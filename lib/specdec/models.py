@@ -234,7 +234,7 @@ PAIRS: dict[str, PairSpec] = {
             _SMOLLM2_EARLY,
             _SMOLLM2,
             f"A deliberately poor draft: the first {SMOLLM2_EARLY_LAYERS} of SmolLM2-135M's 30 layers "
-            "with its own output head, no training.",
+            "exiting through (a copy of) SmolLM2's own final norm and output head, no training.",
         ),
     )
 }

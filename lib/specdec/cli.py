@@ -209,30 +209,25 @@ def _validator(choices: Collection[str] | None, validate: Callable[[str], object
     return check
 
 
-def choice(choices: Collection[str], what: str = "value") -> Callable[[str], str]:
-    """A type for one of ``choices``: like argparse's ``choices=``, with the same one-line error
-    as the other types (``unknown drafter 'x'; allowed: one of ngram, nf4, early``)."""
-    check = _validator(choices, None, what)
-
+def _one_name(check, name: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         check(text.strip())
         return text.strip()
 
-    parse.__name__ = "choice"
+    parse.__name__ = name
     return parse
+
+
+def choice(choices: Collection[str], what: str = "value") -> Callable[[str], str]:
+    """A type for one of ``choices``: like argparse's ``choices=``, with the same one-line error
+    as the other types (``unknown drafter 'x'; allowed: one of ngram, nf4, early``)."""
+    return _one_name(_validator(choices, None, what), "choice")
 
 
 def checked(validate: Callable[[str], object], what: str = "value") -> Callable[[str], str]:
     """A type for one name accepted by ``validate`` (raises ValueError/KeyError, or returns
     False, to refuse it)."""
-    check = _validator(None, validate, what)
-
-    def parse(text: str) -> str:
-        check(text.strip())
-        return text.strip()
-
-    parse.__name__ = "checked"
-    return parse
+    return _one_name(_validator(None, validate, what), "checked")
 
 
 # --------------------------------------------------------------------------------------------

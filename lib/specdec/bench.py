@@ -81,6 +81,8 @@ __all__ = [
     "BusyMachineError",
     "load_average",
     "summarise",
+    "first_repeat",
+    "relative_to_ours",
     "BASELINE_KEY",
     "provenance",
     "provenance_path",
@@ -738,7 +740,7 @@ def load_results(paths) -> "pd.DataFrame":
     return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
 
 
-def _first_repeat(df):
+def first_repeat(df):
     """The rows of each configuration's first repeat: a repeat re-times the same seeded
     generation (same tokens, same rounds), so counts pooled over repeats would count each
     round several times."""
@@ -813,6 +815,17 @@ def summarise(s, by, value: str) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=by + [value, "lo", "hi", "n_prompts", "n_repeats"])
 
 
+def relative_to_ours(df) -> "pd.DataFrame":
+    """Every generation's decode speedup (:func:`specdec.metrics.speedup`) over *our*
+    autoregressive loop on the same prompt, run and repeat, as column ``relative``, with a
+    ``label`` (the method, and its K where it drafts); e.g. ``generate()`` against our loop."""
+    ours = df[df.method == "autoregressive"][BASELINE_KEY + ["result"]].rename(columns={"result": "ours"})
+    m = df.merge(ours, on=BASELINE_KEY)
+    m["relative"] = [metric_speedup(r, o) for r, o in zip(m.result, m.ours)]
+    m["label"] = np.where(m.k == 0, m.method, m.method + " K=" + m.k.astype(str))
+    return m.drop(columns="ours")
+
+
 def speedup_table(df, method: str = "speculative", by=("pair", "k", "domain"), value: str = "speedup") -> "pd.DataFrame":
     """Per group: the geometric mean over prompts of each prompt's median speedup over repeats,
     with its spread over repeats (:func:`summarise`). ``value`` is a column of
@@ -830,7 +843,7 @@ def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.D
     ``mean_accepted`` per round, ``tokens_per_round`` and the number of rounds."""
     import pandas as pd
 
-    s = _first_repeat(df[(df.method == "speculative") & (df.rounds > 0)])
+    s = first_repeat(df[(df.method == "speculative") & (df.rounds > 0)])
     rows = []
     for key, g in s.groupby(list(by), dropna=False):
         acc = [a for r in g.result for a in r.accepted_per_round]

@@ -79,7 +79,7 @@ def acceptance_distributions(df: pd.DataFrame, ax=None):
     s = df[(df.method == "speculative") & (df.rounds > 0)]
     if s.empty:
         raise ValueError("no speculative generations in these results")
-    s = s[s.repeat == s.groupby("config_hash").repeat.transform("min")]  # repeats re-time the same tokens
+    s = bench.first_repeat(s)  # repeats re-time the same tokens
     fig, ax = _axes(ax, (9, 4))
     sns.boxplot(data=s, x="domain", y="alpha_hat", hue="pair", ax=ax, fliersize=0, boxprops={"alpha": 0.35})
     sns.stripplot(data=s, x="domain", y="alpha_hat", hue="pair", dodge=True, ax=ax, size=5, legend=False,
@@ -189,7 +189,7 @@ def peer_comparison(df: pd.DataFrame):
     a1.set_ylabel("decode speedup over\nown autoregressive baseline")
     a1.set_xlabel("K")
     a1.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    rel = _relative_to_ours(df)
+    rel = bench.relative_to_ours(df)
     rank = {m: i for i, m in enumerate(bench.METHODS)}
     rel = rel.assign(order=rel.method.map(rank) * 100 + rel.k).sort_values("order")
     hue_order = list(dict.fromkeys(rel.label))
@@ -216,15 +216,3 @@ def _bars(ax, table: pd.DataFrame, x: str, y: str, hue: str, rotate: float = 0, 
         ax.errorbar(pos, sub[y], yerr=[sub[y] - sub.lo, sub.hi - sub[y]], fmt="none", ecolor="black", lw=0.8,
                     capsize=2)
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=rotate, ha="right" if rotate else "center")
-
-
-def _relative_to_ours(df: pd.DataFrame) -> pd.DataFrame:
-    """Every generation's decode speedup (:func:`specdec.metrics.speedup`) over our
-    autoregressive loop on the same prompt, run and repeat, as column ``relative``."""
-    from .metrics import speedup
-
-    ours = df[df.method == "autoregressive"][bench.BASELINE_KEY + ["result"]].rename(columns={"result": "ours"})
-    m = df.merge(ours, on=bench.BASELINE_KEY)
-    m["relative"] = [speedup(r, o) for r, o in zip(m.result, m.ours)]
-    m["label"] = np.where(m.k == 0, m.method, m.method + " K=" + m.k.astype(str))
-    return m

@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 $(MODEL): $(STAMP)
-	$(PY) -m specdec.models provision
+	$(PY) -m specdec.loaders provision
 
 # The book, executed with the bounded CPU workload unless SPECDEC_PROFILE says otherwise.
 # The log is kept in _build/book.log; the time each chapter took to execute is printed at the end.

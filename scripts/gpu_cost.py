@@ -4,7 +4,7 @@
     python scripts/gpu_cost.py --tiny --out X     # anywhere: tiny shapes on the CPU (what the tests run)
 
 The speed of a forward pass depends on the shapes of the weights, not on their values, so
-random weights (specdec.models.random_model, built from the configs in data/configs) measure
+random weights (specdec.synthetic.random_model, built from the configs in data/configs) measure
 what the real models would cost where their weights cannot be downloaded. For each pair this
 measures, after a cached context of --context tokens:
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from specdec import bench, models
+from specdec import bench, quant, registry, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_PAIRS = ("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self")
@@ -52,18 +52,18 @@ _TINY = {
 def build(key: str, tiny: bool, dtype: torch.dtype, device: str):
     """A random-weight model of architecture ``key``; tiny widths with ``tiny``."""
     if not tiny:
-        return models.random_model(key, dtype=dtype, device=device)
+        return synthetic.random_model(key, dtype=dtype, device=device)
     from transformers import AutoModelForCausalLM
 
-    model_type = models.model_config(key).model_type
-    config = models.model_config(key, **_TINY[model_type])
+    model_type = registry.model_config(key).model_type
+    config = registry.model_config(key, **_TINY[model_type])
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
 
 
 def measure_pair(name: str, tiny: bool, dtype: torch.dtype, device: str, context: int, repeats: int,
                  targets: dict) -> dict:
-    pair = models.get_pair(name)
+    pair = registry.get_pair(name)
     tkey = pair.target.config_key
     if tkey not in targets:
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def measure_pair(name: str, tiny: bool, dtype: torch.dtype, device: str, context
     target, curve, _ = targets[tkey]
     if pair.draft.quantization:
         # bitsandbytes quantises the target's own (random) weights, as load_hf would the real ones
-        draft = models.quantized_copy(target, pair.draft.quantization, device=device, compute_dtype=dtype)
+        draft = quant.quantized_copy(target, pair.draft.quantization, device=device, compute_dtype=dtype)
     else:
         draft = build(pair.draft.config_key, tiny, dtype, device)
     draft_curve = bench.measure_step_costs(draft, (1,), context, repeats)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "provenance": bench.provenance(command=command, device=device),
         "tiny": args.tiny,
-        "weights": "random (shape-faithful, specdec.models.random_model)" + (" with tiny widths" if args.tiny else ""),
+        "weights": "random (shape-faithful, specdec.synthetic.random_model)" + (" with tiny widths" if args.tiny else ""),
         "dtype": str(dtype).removeprefix("torch."),
         "context_len": args.context,
         "repeats": args.repeats,

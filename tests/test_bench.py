@@ -1,61 +1,18 @@
-"""The benchmark harness: configs, sweeps that resume, provenance, skipped pairs, aggregation,
-and the GPU cost script in its tiny CPU mode. Timings are never asserted."""
+"""The benchmark harness: configs, sweeps that resume, provenance, skipped pairs, the command
+line, and the GPU cost script in its tiny CPU mode. Timings are never asserted. (Reading the
+results it writes is tested in test_analysis.py.)"""
 
 import hashlib
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from specdec import bench, theory
-from specdec.metrics import GenerationResult, read_jsonl
+from specdec import analysis, bench
+from specdec.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# A results set with hand-picked numbers, for the aggregation tests (and test_plots.py)
-# ---------------------------------------------------------------------------------------------
-
-
-def _result(pair, method, k, domain="code", prompt="code/0", n=10, total=2.0, accepted=(), drafted=(),
-            phases=None, latencies=None, run="r1"):
-    cfg = bench.BenchmarkConfig(pair=pair, method=method, k=k, domain=domain, prompt_id=prompt, max_new_tokens=n)
-    lat = latencies if latencies is not None else [total / n] * n
-    res = GenerationResult(method=method, tokens=list(range(n)), prompt_tokens=5, total_s=total, ttft_s=lat[0],
-                           token_latencies_s=list(lat), drafted_per_round=list(drafted),
-                           accepted_per_round=list(accepted), phase_s=dict(phases or {}))
-    res.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash, run_id=run)
-    return res
-
-
-def make_results():
-    """Two pairs, two domains; every number chosen so the aggregates can be worked out by hand.
-
-    Autoregressive: 10 tokens in 2.0 s, prefill 0.2 s, 9 decode steps of 0.2 s (verify 1.8 s).
-    Speculative K=2: 10 tokens in 1.0 s; rounds accept (2, 0, 2, 1) of 2 drafted each;
-    draft 0.16 s over 8 draft passes (0.02 s each, c = 0.1), verify 0.6 s over 4 rounds.
-    Transformers: its baseline 2.5 s, its assisted method 1.25 s (speedup 2 over its own).
-    """
-    out = []
-    for pair in ("pairA", "pairB"):
-        for domain in ("code", "conversation"):
-            p = f"{domain}/0"
-            out.append(_result(pair, "autoregressive", 0, domain, p, total=2.0,
-                               phases={"prefill": 0.2, "verify": 1.8, "sample": 0.0}))
-            out.append(_result(pair, "speculative", 2, domain, p, total=1.0, accepted=(2, 0, 2, 1), drafted=(2, 2, 2, 2),
-                               phases={"prefill": 0.2, "draft": 0.16, "verify": 0.6, "sample": 0.04},
-                               latencies=[0.2, 0.0, 0.2, 0.2, 0.0, 0.2, 0.0, 0.2, 0.0, 0.0]))
-            out.append(_result(pair, "hf_autoregressive", 0, domain, p, total=2.5))
-            out.append(_result(pair, "hf_assisted", 2, domain, p, total=1.25))
-    return out
-
-
-@pytest.fixture
-def results_df():
-    return bench.load_results(make_results())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +97,7 @@ def test_sweep_writes_resumes_and_records_provenance(tmp_path):
     assert sorted((r.method, r.meta["config"]["k"]) for r in new) == sorted(
         [("autoregressive", 0), ("speculative", 2), ("hf_autoregressive", 0), ("hf_assisted", 2)])
     assert len({r.meta["run_id"] for r in new}) == 1 and new[0].meta["run_id"] != first[0].meta["run_id"]
-    s = bench.speedups(bench.load_results(out))
+    s = analysis.speedups(analysis.load_results(out))
     assert len(s) == 6 and s.groupby("run_id").size().to_dict() == {first[0].meta["run_id"]: 4, new[0].meta["run_id"]: 2}
 
     prov = json.loads(bench.provenance_path(out).read_text())
@@ -166,10 +123,10 @@ def test_repeats_run_round_robin_with_their_baseline_and_resume(tmp_path):
     assert bench.completed_hashes(out) == {(r.meta["config_hash"], r.meta["repeat"]) for r in recs}
     assert len({tuple(r.tokens) for r in recs}) == 1  # every repeat re-times the same greedy generation
     assert all(r.meta["others_cpu"] is None or r.meta["others_cpu"] >= 0 for r in recs)
-    df = bench.load_results(out)
-    s = bench.speedups(df)
+    df = analysis.load_results(out)
+    s = analysis.speedups(df)
     assert sorted(s.repeat) == [0, 0, 1, 1, 2, 2]  # each speculative record paired with its own repeat's baseline
-    acc = bench.acceptance_by_domain(df)
+    acc = analysis.acceptance_by_domain(df)
     assert (acc.rounds == [len(recs[1].drafted_per_round), len(recs[2].drafted_per_round)]).all()  # one repeat counted
 
 
@@ -255,99 +212,12 @@ def test_cli_runs_a_tiny_sweep(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregation on hand-made results
-# ---------------------------------------------------------------------------------------------
-
-
-def test_alpha_estimate_counts_only_tested_tokens():
-    # accepted (2, 0, 2, 1) of 2: successes 5; failures in rounds 2 and 4 -> 5 / 7
-    assert bench.alpha_estimate([2, 0, 2, 1], [2, 2, 2, 2]) == pytest.approx(5 / 7)
-    assert bench.alpha_estimate([], []) is None
-    # on simulated i.i.d. rounds the estimator recovers alpha
-    rng = np.random.default_rng(0)
-    acc = (np.cumprod(rng.random((20000, 4)) < 0.7, axis=1).sum(1)).tolist()
-    assert bench.alpha_estimate(acc, [4] * len(acc)) == pytest.approx(0.7, abs=0.01)
-
-
-def test_speedups_and_tables(results_df):
-    s = bench.speedups(results_df)
-    spec = s[s.method == "speculative"]
-    # the headline is decode-only: 9 tokens after the first; AR decode 2.0 - 0.2 s, speculative 1.0 - 0.2 s
-    assert len(spec) == 4 and np.allclose(spec.speedup, (9 / 0.8) / (9 / 1.8))
-    assert np.allclose(spec.speedup_e2e, 2.0)  # end to end: 10 tokens in 1.0 s against 10 in 2.0 s
-    hf = s[s.method == "hf_assisted"]
-    assert np.allclose(hf.speedup, 2.0) and np.allclose(hf.speedup_e2e, 2.0)
-    assert np.allclose(hf.speedup_vs_ours, 1.8 / 1.125)  # decode: 9 tokens in 1.125 s against ours in 1.8 s
-    table = bench.speedup_table(results_df)
-    assert set(table.columns) == {"pair", "k", "domain", "speedup", "lo", "hi", "n_prompts", "n_repeats"}
-    assert len(table) == 4 and np.allclose(table.speedup, (9 / 0.8) / (9 / 1.8))
-    acc = bench.acceptance_by_domain(results_df)
-    assert np.allclose(acc.alpha_hat, 5 / 7) and np.allclose(acc.acceptance_rate, 5 / 8)
-    assert np.allclose(acc.mean_accepted, 5 / 4) and (acc.rounds == 4).all()
-
-
-def test_relative_to_ours_divides_decode_rates_by_our_loop(results_df):
-    rel = bench.relative_to_ours(results_df).set_index(["pair", "domain", "label"]).relative
-    # transformers' generate(): 9 tokens after the first in 2.5 - 0.25 s; ours in 2.0 - 0.2 s
-    assert rel[("pairA", "code", "hf_autoregressive")] == pytest.approx(1.8 / 2.25)
-    assert rel[("pairA", "code", "speculative K=2")] == pytest.approx(1.8 / 0.8)
-    assert rel[("pairA", "code", "autoregressive")] == pytest.approx(1.0)
-
-
-def test_summarise_takes_medians_over_repeats_and_geometric_means_over_prompts():
-    import pandas as pd
-
-    # two prompts x three repeats; prompt a: 1, 2, 4 (median 2); prompt b: 8, 8, 2 (median 8)
-    s = pd.DataFrame({"g": ["x"] * 6, "prompt_id": ["a", "a", "a", "b", "b", "b"], "repeat": [0, 1, 2] * 2,
-                      "run_id": ["r"] * 6, "v": [1.0, 2.0, 4.0, 8.0, 8.0, 2.0]})
-    row = bench.summarise(s, ["g"], "v").iloc[0]
-    assert row.v == pytest.approx(4.0)  # sqrt(2 * 8)
-    # per repeat over prompts: sqrt(1*8), sqrt(2*8), sqrt(4*2)
-    assert row.lo == pytest.approx(8 ** 0.5) and row.hi == pytest.approx(4.0)
-    assert row.n_prompts == 2 and row.n_repeats == 3
-
-
-def test_cost_ratios_and_prediction(results_df):
-    cost = bench.cost_ratios(results_df)
-    assert np.allclose(cost.t_step, 0.2) and np.allclose(cost.c, 0.02 / 0.2)
-    assert np.allclose(cost.verify_cost, (0.6 / 4) / 0.2) and np.allclose(cost.draft_cost, (0.16 / 4) / 0.2)
-    mp = bench.measured_vs_predicted(results_df)
-    assert np.allclose(mp.predicted, theory.speedup(5 / 7, 0.1, 2))
-    assert np.allclose(mp.predicted_verify, theory.expected_tokens(5 / 7, 2) / (0.2 + 0.75))
-    assert np.allclose(mp.measured, (9 / 0.8) / (9 / 1.8))
-    assert np.allclose(mp.measured_lo, mp.measured) and np.allclose(mp.measured_hi, mp.measured)
-
-
-def test_latency_cdf_and_phase_breakdown(results_df):
-    cdf = bench.latency_cdf(results_df)
-    spec = cdf[(cdf.pair == "pairA") & (cdf.label == "speculative K=2")]
-    assert len(spec) == 2 * 9  # two prompts, the first token left out
-    assert spec.cdf.iloc[-1] == 1.0 and spec.latency_s.is_monotonic_increasing
-    assert (spec.latency_s == 0).mean() == pytest.approx(5 / 9)
-    ph = bench.phase_breakdown(results_df)
-    row = ph[(ph.pair == "pairA") & (ph.k == 2)].iloc[0]
-    assert row.draft == pytest.approx(0.016) and row.verify == pytest.approx(0.06)
-    total = row[["prefill", "draft", "verify", "sample", "overhead"]].sum()
-    assert total == pytest.approx(1.0 / 10)  # the phases and the overhead add up to the wall time
-
-
-def test_aggregation_refuses_foreign_results():
-    plain = GenerationResult(method="speculative", tokens=[1], prompt_tokens=1, total_s=1.0, ttft_s=1.0,
-                             token_latencies_s=[1.0])
-    with pytest.raises(ValueError, match="meta\\['config'\\]"):
-        bench.load_results([plain])
-    only_ar = bench.load_results([r for r in make_results() if r.method == "autoregressive"])
-    with pytest.raises(ValueError, match="no speculative"):
-        bench.speedups(only_ar)
-
-
-# ---------------------------------------------------------------------------------------------
 # The cost side
 # ---------------------------------------------------------------------------------------------
 
 
 def test_measure_step_costs_shapes():
-    from specdec.models import synthetic_pair
+    from specdec.synthetic import synthetic_pair
 
     _, target = synthetic_pair(0.1, n_layers=2)
     t = bench.measure_step_costs(target, n_tokens=(1, 3), context_len=8, repeats=2, warmup=1)

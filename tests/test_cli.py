@@ -22,12 +22,12 @@ class ModelLoaded(AssertionError):
 @pytest.fixture
 def no_model(monkeypatch):
     """``python -m specdec``'s loader, replaced by one that fails the test when called."""
-    import specdec.models
+    import specdec.loaders
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("the command loaded a model before refusing its arguments")
 
-    monkeypatch.setattr(specdec.models, "load_smollm2", refuse)
+    monkeypatch.setattr(specdec.loaders, "load_smollm2", refuse)
 
 
 def run_main(argv, capsys):
@@ -128,12 +128,13 @@ class _Tokenizer:
 
 
 def test_python_m_specdec_reports_both_speedups_from_metrics_speedup(monkeypatch, capsys, tiny_target):
+    import specdec.loaders
     import specdec.metrics
-    import specdec.models
+    import specdec.prompts
 
-    monkeypatch.setattr(specdec.models, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
-    monkeypatch.setattr(specdec.models, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7, 5, 6]))
-    monkeypatch.setattr(specdec.models, "stop_token_ids", lambda tok, model=None: set())
+    monkeypatch.setattr(specdec.loaders, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
+    monkeypatch.setattr(specdec.prompts, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7, 5, 6]))
+    monkeypatch.setattr(specdec.prompts, "stop_token_ids", lambda tok, model=None: set())
     calls = []
     real = specdec.metrics.speedup
 
@@ -158,11 +159,12 @@ def test_python_m_specdec_reports_both_speedups_from_metrics_speedup(monkeypatch
 
 
 def test_one_generated_token_has_no_decode_speedup(monkeypatch, capsys, tiny_target):
-    import specdec.models
+    import specdec.loaders
+    import specdec.prompts
 
-    monkeypatch.setattr(specdec.models, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
-    monkeypatch.setattr(specdec.models, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7]))
-    monkeypatch.setattr(specdec.models, "stop_token_ids", lambda tok, model=None: set())
+    monkeypatch.setattr(specdec.loaders, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
+    monkeypatch.setattr(specdec.prompts, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7]))
+    monkeypatch.setattr(specdec.prompts, "stop_token_ids", lambda tok, model=None: set())
     from specdec.__main__ import main
 
     assert main(["--max-new-tokens", "1"]) == 0

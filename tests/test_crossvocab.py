@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from specdec import crossvocab as cv
-from specdec import models, sampling
+from specdec import loaders, registry, sampling, synthetic
 from specdec.decoding import autoregressive_generate, speculative_generate
 from specdec.sampling import GREEDY, SamplingParams
 
@@ -40,8 +40,8 @@ def codecs():
 def tiny():
     """A random target over the 1,000-token vocabulary and a random draft over a 600-token one."""
     kw = dict(n_layers=2, draft_layers=1, hidden=64, n_heads=4, n_kv_heads=2)
-    _, target = models.synthetic_pair(0.0, vocab_size=1000, seed=0, **kw)
-    _, draft = models.synthetic_pair(0.0, vocab_size=600, seed=1, **kw)
+    _, target = synthetic.synthetic_pair(0.0, vocab_size=1000, seed=0, **kw)
+    _, draft = synthetic.synthetic_pair(0.0, vocab_size=600, seed=1, **kw)
     return target, draft
 
 
@@ -127,7 +127,7 @@ def test_committed_tokenizers_are_reproducible():
 
 
 def test_smollm2_tokenizer_overlap_is_measurable(codecs):
-    tok = models.load_smollm2_tokenizer()
+    tok = loaders.load_smollm2_tokenizer()
     s = cv.TokenCodec(tok, 49152, name="SmolLM2")
     m = cv.VocabMapping.from_codecs(codecs["target-1000"], s)
     assert s.keys[tok.convert_tokens_to_ids("Ġthe")] == b" the"
@@ -295,11 +295,11 @@ def test_drafter_refuses_mismatched_inputs(codecs, tiny):
 
 @pytest.mark.parametrize("name", ["tinyllama_llama3", "phi3_llama3"])
 def test_hub_pairs_fail_cleanly_offline(name):
-    pair = models.get_pair(name)
+    pair = registry.get_pair(name)
     assert not pair.shares_vocabulary
-    if models.is_available_offline(pair.draft) and models.is_available_offline(pair.target):
+    if loaders.is_available_offline(pair.draft) and loaders.is_available_offline(pair.target):
         pytest.skip("the weights are in the local cache here")
-    with pytest.raises(models.ModelUnavailableError, match="tokenizer"):
+    with pytest.raises(registry.ModelUnavailableError, match="tokenizer"):
         cv.load_cross_vocab_pair(name)
 
 

@@ -13,7 +13,7 @@ from specdec.drafters import ModelDrafter, NGramDrafter
 from specdec.metrics import GenerationResult, read_jsonl, write_jsonl
 from specdec.sampling import SamplingParams
 
-from conftest import tiny_llama
+from .helpers import tiny_llama
 
 KS = [1, 2, 4, 8]
 

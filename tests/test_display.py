@@ -11,7 +11,7 @@ from specdec.drafters import ModelDrafter, NGramDrafter
 from specdec.metrics import GenerationResult
 from specdec.sampling import SamplingParams
 
-from conftest import tiny_llama
+from .helpers import tiny_llama
 
 
 def made_up(tokens, proposed, accepted):

@@ -8,13 +8,14 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.figure import Figure
 
-from specdec import bench, plots
-from test_bench import make_results
+from specdec import analysis, plots
+
+from .helpers import make_results
 
 
 @pytest.fixture
 def df():
-    return bench.load_results(make_results())
+    return analysis.load_results(make_results())
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +37,6 @@ def test_speedup_heatmap_shows_each_pair_and_k(df):
 def test_heatmap_shows_the_range_over_repeats():
     import copy
 
-    from test_bench import make_results
-
     rows = make_results()
     slower = []
     for r in rows:  # a second repeat in which every speculative generation took twice as long
@@ -46,7 +45,7 @@ def test_heatmap_shows_the_range_over_repeats():
         if r2.method == "speculative":
             r2.total_s, r2.ttft_s = 2 * r2.total_s - r2.ttft_s, r2.ttft_s
         slower.append(r2)
-    fig = plots.speedup_heatmap(bench.load_results(rows + slower))
+    fig = plots.speedup_heatmap(analysis.load_results(rows + slower))
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     lo, hi = 1.8 / 1.6, 1.8 / 0.8  # speculative decode: 1.6 s in the slow repeat, 0.8 s in the fast one
     median = (lo + hi) / 2

@@ -83,20 +83,21 @@ def test_real_clock_times_are_positive_finite_and_add_up():
     assert timer.seconds["matmul"] <= timer.seconds["outer"] <= wall
 
 
-def test_peak_bytes_recorded_and_positive_on_cpu():
-    timer = PhaseTimer("cpu")
-    with timer.phase("alloc"):
-        block = torch.ones(1 << 20)
-    assert block.sum() == 1 << 20
-    peak = timer.peak_bytes["alloc"]
-    assert isinstance(peak, int) and peak > 0
-    assert memory_bytes("cpu") > 0
+def test_memory_is_probed_only_on_request(monkeypatch):
+    calls = []
+    monkeypatch.setattr(profiling, "memory_bytes", lambda device: calls.append(device) or 7)
+    quiet, probed = PhaseTimer("cpu"), PhaseTimer("cpu", memory=True)
+    for timer in (quiet, probed):
+        with timer.phase("verify"):
+            pass
+    assert dict(quiet.peak_bytes) == {} and probed.peak_bytes["verify"] == 7
+    assert len(calls) == 1
 
 
 def test_peak_bytes_keep_the_largest_reading(monkeypatch):
     readings = iter([300, 100, 200])
     monkeypatch.setattr(profiling, "memory_bytes", lambda device: next(readings))
-    timer = PhaseTimer("cpu")
+    timer = PhaseTimer("cpu", memory=True)
     for _ in range(3):
         with timer.phase("verify"):
             pass
@@ -209,17 +210,17 @@ def test_cuda_events_measure_the_kernel_not_its_launch():
     launch = time.perf_counter() - t0  # the host returns as soon as the kernel is queued
     torch.cuda.synchronize()
 
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, memory=True)
     t0 = time.perf_counter()
     with timer.phase("sleep"):
         torch.cuda._sleep(cycles)
-    wall = time.perf_counter() - t0  # includes the wait on the end event
     with timer.phase("sleep_twice"):
         torch.cuda._sleep(2 * cycles)
+    queued = time.perf_counter() - t0  # the phases wait for nothing: only launches so far
 
-    measured = timer.seconds["sleep"]
+    measured = timer.seconds["sleep"]  # reading the seconds waits for the events, once
     assert launch < 0.2 * measured, "the wall clock around a launch should see only the launch"
-    assert measured <= wall * 1.01, "the phase must end only after the kernel did"
+    assert queued < 0.5 * measured, "timing a phase must not wait for the device"
     assert 1.5 < timer.seconds["sleep_twice"] / measured < 2.5, "twice the cycles, about twice the time"
     seconds, _ = time_call(lambda: torch.cuda._sleep(cycles), device)
     assert 0.5 < seconds / measured < 2.0

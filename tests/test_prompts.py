@@ -1,4 +1,5 @@
-"""The prompt sets: committed files load offline with the expected fields and limits."""
+"""The prompt sets: committed files load offline with the expected fields and limits; encoding a
+prompt and the tokens that stop a reply."""
 
 import os
 import subprocess
@@ -6,11 +7,13 @@ import sys
 import textwrap
 
 import pytest
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from specdec.profiles import get_profile
 from specdec.prompts import (DOMAINS, MAX_PASSAGE_TOKENS, SUMMARY_INSTRUCTION, cut_to_tokens,
-                             load_all, load_hub_prompts, load_prompts, n_tokens, prompts_dir,
-                             smollm2_tokenizer)
+                             encode_prompt, load_all, load_hub_prompts, load_prompts, n_tokens,
+                             prompts_dir, smollm2_tokenizer, stop_token_ids)
 
 COMMON_FIELDS = {"id", "domain", "prompt", "source"}
 DOMAIN_FIELDS = {
@@ -132,3 +135,43 @@ def test_offline_fresh_cache(tmp_path):
     assert last_line.startswith("specdec.prompts.HubUnavailableError: the data set 'alpaca'")
     assert "load_prompts(domain)" in last_line
     assert (tmp_path / "datasets").is_dir()  # the local file was cached there, not elsewhere
+
+
+# ------------------------------------------------------------------------------- tokens
+
+
+def _toy_tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    words = ["<unk>", "</s>", "<|im_start|>", "<|im_end|>", "hello", "world", "user", "assistant"]
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
+    return tokenizer
+
+
+class _ModelWithStops:
+    generation_config = GenerationConfig(eos_token_id=[1, 7])
+
+
+def test_stop_token_ids():
+    tokenizer = _toy_tokenizer()
+    assert stop_token_ids(tokenizer) == {1, 3}  # </s> and <|im_end|>
+    assert stop_token_ids(tokenizer, _ModelWithStops()) == {1, 3, 7}
+
+
+def test_encode_prompt_with_and_without_the_chat_template():
+    tokenizer = _toy_tokenizer()
+    chat = encode_prompt(tokenizer, "hello world")
+    assert chat.dtype == torch.long and chat.dim() == 1
+    assert chat.tolist() == [2, 6, 4, 5, 3, 2, 7]  # <|im_start|> user hello world <|im_end|> <|im_start|> assistant
+    assert encode_prompt(tokenizer, "hello world", chat=False).tolist() == [4, 5]
+    for empty in ("", "   "):
+        with pytest.raises(ValueError, match="empty"):
+            encode_prompt(tokenizer, empty)

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from specdec import roofline as rl
-from specdec.models import CONFIG_KEYS, model_config
+from specdec.registry import CONFIG_KEYS, model_config
 
 
 def tiny_gpt2(**kw):

@@ -6,12 +6,14 @@ import logging
 import pytest
 import torch
 
-from conftest import tiny_llama
 from specdec import roofline as rl
-from specdec.models import model_config, quantized_copy
+from specdec.quant import quantized_copy
+from specdec.registry import model_config
 from specdec.sampling import GREEDY, SamplingParams
 from specdec.selfspec import (acceptance_along, decode_weight_bytes, layer_matrix_shapes, matrix_bytes,
                               stored_weight_bytes)
+
+from .helpers import tiny_llama
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 

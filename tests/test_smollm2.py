@@ -7,8 +7,11 @@ import torch
 
 from specdec.decoding import autoregressive_generate, speculative_generate
 from specdec.drafters import ModelDrafter, NGramDrafter
-from specdec.models import SMOLLM2_EARLY_LAYERS, encode_prompt, first_layers_copy, load_smollm2, quantized_copy, stop_token_ids
-from specdec.prompts import load_prompts
+from specdec.loaders import load_smollm2
+from specdec.prompts import encode_prompt, load_prompts, stop_token_ids
+from specdec.quant import quantized_copy
+from specdec.registry import SMOLLM2_EARLY_LAYERS
+from specdec.synthetic import first_layers_copy
 
 pytestmark = pytest.mark.slow
 N_NEW = 20

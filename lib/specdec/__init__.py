@@ -9,15 +9,19 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.decoding`  -- the autoregressive and the speculative loop (ch. 4)
 * :mod:`specdec.display`   -- one generation drawn round by round: accepted, rejected, corrections (ch. 4)
 * :mod:`specdec.theory`    -- the speedup law and the best K (ch. 3-4)
-* :mod:`specdec.models`    -- the pair registry and loaders (all chapters)
+* :mod:`specdec.registry`  -- architecture configs, the models and pairs, vocabulary checks (all chapters)
+* :mod:`specdec.loaders`   -- loading registered models: the hub, the packaged SmolLM2 (all chapters)
+* :mod:`specdec.synthetic` -- first-layers drafts, random-weight models, synthetic pairs (ch. 2-9)
+* :mod:`specdec.quant`     -- weight-only quantized copies of a model, as drafts (ch. 9)
 * :mod:`specdec.profiling` -- timers and memory per phase (ch. 5)
 * :mod:`specdec.metrics`   -- GenerationResult, the one speedup definition, JSON lines (ch. 5-7)
 * :mod:`specdec.profiles`  -- the workload switch SPECDEC_PROFILE and its sweeps (all chapters)
-* :mod:`specdec.bench`     -- the benchmark harness and its aggregation (ch. 6-7)
+* :mod:`specdec.bench`     -- the benchmark harness: sweeps, timing, provenance (ch. 6-7)
+* :mod:`specdec.analysis`  -- results files to DataFrames: speedups, acceptance, costs (ch. 6-7)
 * :mod:`specdec.plots`     -- the benchmark figures (ch. 6-7)
-* :mod:`specdec.prompts`   -- the prompt sets (ch. 6)
+* :mod:`specdec.prompts`   -- the prompt sets, encoding a prompt, stop tokens (ch. 2-9)
 * :mod:`specdec.crossvocab` -- speculation across vocabularies (ch. 8)
-* :mod:`specdec.selfspec`  -- quantized copies of the target as drafts (ch. 9)
+* :mod:`specdec.selfspec`  -- bytes and agreement of quantized self-speculation (ch. 9)
 * :mod:`specdec.cli`       -- command-line argument checks shared by the commands
 * :mod:`specdec.book`      -- helpers for presenting results in the book
 """

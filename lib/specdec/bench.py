@@ -1,4 +1,4 @@
-"""The benchmark harness (chapters 6 and 7): sweep pairs x domains x K, store, aggregate.
+"""The benchmark harness (chapters 6 and 7): sweep pairs x domains x K, time, store.
 
 One benchmark *configuration* (:class:`BenchmarkConfig`) is one generation: a pair, a method,
 a draft length K, one prompt, a token budget and sampling settings. A sweep
@@ -21,53 +21,50 @@ included):
 * ``hf_assisted``    -- ``model.generate(assistant_model=draft)`` with K draft tokens a round;
 * ``hf_prompt_lookup`` -- ``model.generate(prompt_lookup_num_tokens=K)`` for the n-gram pair.
 
-Pairs are the registry's (:data:`specdec.models.PAIRS`) and synthetic pairs named
-``synthetic-eps<knob>`` (:func:`specdec.models.synthetic_pair`, random-token prompts). A pair
-whose weights are absent, or whose draft and target do not share a vocabulary, is skipped with
-one printed line.
+Pairs are the registry's (:data:`specdec.registry.PAIRS`, loaded by
+:func:`specdec.loaders.load_pair`) and synthetic pairs named ``synthetic-eps<knob>``
+(:func:`specdec.synthetic.synthetic_pair`, random-token prompts). A pair whose weights are
+absent, or whose draft and target do not share a vocabulary, is skipped with one printed line.
 
-Speedups are :func:`specdec.metrics.speedup`: decode-only (after the first token) is the
-headline, end to end beside it. The aggregation helpers (:func:`load_results`, :func:`speedups`,
-:func:`summarise`, :func:`speedup_table`,
-:func:`acceptance_by_domain`, :func:`latency_cdf`, :func:`phase_breakdown`,
-:func:`cost_ratios`, :func:`measured_vs_predicted`) turn a results file into pandas
-DataFrames, which :mod:`specdec.plots` draws. The cost side without weights
-(:func:`measure_step_costs`, :func:`layer_extrapolated_costs`) times random-weight models.
+The results are read by :mod:`specdec.analysis` (:func:`~specdec.analysis.load_results`,
+:func:`~specdec.analysis.speedups`, :func:`~specdec.analysis.speedup_table`, ...), which also
+defines what a record holds (:class:`~specdec.analysis.BenchmarkConfig`, the method names,
+the phases), and drawn by :mod:`specdec.plots`; neither imports this module. Speedups are
+:func:`specdec.metrics.speedup`: decode-only (after the first token) is the headline, end to
+end beside it. The cost side without weights (:func:`measure_step_costs`,
+:func:`layer_extrapolated_costs`) times random-weight models.
 
 Command line: ``python -m specdec.bench run --out runs/x.jsonl`` (see ``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .analysis import BASELINE, OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
 from .metrics import GenerationResult, read_jsonl, write_jsonl
-from .metrics import speedup as metric_speedup
 from .sampling import SamplingParams
 
 __all__ = [
-    "METHODS",
-    "OUR_METHODS",
-    "HF_METHODS",
-    "SYNTHETIC_DOMAIN",
+    # defined in specdec.analysis (the vocabulary of a results record), used here to write one
     "BenchmarkConfig",
+    "provenance_path",
+    # the harness
     "SweepPlan",
     "plan_for_profile",
     "synthetic_pair_name",
@@ -79,94 +76,17 @@ __all__ = [
     "run_sweep",
     "completed_hashes",
     "BusyMachineError",
+    "BUSY_LOAD_PER_CORE",
     "load_average",
-    "summarise",
-    "first_repeat",
-    "relative_to_ours",
-    "BASELINE_KEY",
+    "is_committed_path",
     "provenance",
-    "provenance_path",
-    "load_results",
-    "speedups",
-    "speedup_table",
-    "alpha_estimate",
-    "acceptance_by_domain",
-    "latency_cdf",
-    "phase_breakdown",
-    "cost_ratios",
-    "measured_vs_predicted",
     "measure_step_costs",
     "layer_extrapolated_costs",
     "main",
 ]
 
-OUR_METHODS = ("autoregressive", "speculative")
-HF_METHODS = ("hf_autoregressive", "hf_assisted", "hf_prompt_lookup")
-METHODS = OUR_METHODS + HF_METHODS
-BASELINE = {"speculative": "autoregressive", "autoregressive": "autoregressive",
-            "hf_assisted": "hf_autoregressive", "hf_prompt_lookup": "hf_autoregressive",
-            "hf_autoregressive": "hf_autoregressive"}
-SYNTHETIC_DOMAIN = "random"  # synthetic pairs have no tokenizer: their prompts are random tokens
 _SYNTHETIC_PREFIX = "synthetic-eps"
 _SYNTHETIC_PROMPT_LEN = 16
-PHASES = ("prefill", "draft", "verify", "sample", "overhead")
-
-
-# --------------------------------------------------------------------------------------------
-# One configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """One generation of the benchmark. ``k = 0`` for the autoregressive methods;
-    ``temperature = 0`` is greedy (``top_k = 0`` and ``top_p = 1`` switch those filters off)."""
-
-    pair: str
-    method: str
-    k: int
-    domain: str
-    prompt_id: str
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        autoregressive = self.method in ("autoregressive", "hf_autoregressive")
-        if autoregressive and self.k != 0:
-            raise ValueError(f"method {self.method!r} drafts nothing: pass k=0, got k={self.k!r}")
-        if not autoregressive and (not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1):
-            raise ValueError(f"method {self.method!r} needs an integer k >= 1 (tokens drafted per round), got {self.k!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}")
-        self.params  # validates temperature, top_k, top_p
-
-    @property
-    def params(self) -> SamplingParams:
-        return SamplingParams(temperature=float(self.temperature), top_k=int(self.top_k), top_p=float(self.top_p))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def config_hash(self) -> str:
-        """SHA-256 (first 16 hex digits) of the configuration as sorted JSON: stable across runs,
-        machines and Python versions, and different for any change of any field."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BenchmarkConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,14 +232,14 @@ def parse_synthetic(name: str) -> float | None:
 
 
 def _check_pair_name(name: str) -> None:
-    from .models import get_pair
+    from .registry import get_pair
 
     if parse_synthetic(name) is None:
         get_pair(name)
 
 
 def _is_ngram(pair: str) -> bool:
-    from .models import get_pair
+    from .registry import get_pair
 
     return parse_synthetic(pair) is None and get_pair(pair).drafter == "ngram"
 
@@ -350,26 +270,27 @@ class BenchPair:
 
 
 def load_bench_pair(name: str, device: str = "cpu") -> BenchPair:
-    """Load a registry pair (:func:`specdec.models.load_pair`) or a synthetic one by name.
+    """Load a registry pair (:func:`specdec.loaders.load_pair`) or a synthetic one by name.
 
-    Raises :class:`specdec.models.ModelUnavailableError` or
-    :class:`specdec.models.VocabularyMismatchError` as ``load_pair`` does.
+    Raises :class:`specdec.registry.ModelUnavailableError` or
+    :class:`specdec.registry.VocabularyMismatchError` as ``load_pair`` does.
     """
-    from . import models
+    from .loaders import load_pair
+    from .prompts import stop_token_ids
+    from .synthetic import synthetic_pair
 
     eps = parse_synthetic(name)
     if eps is not None:
-        draft, target = models.synthetic_pair(eps, device=device)
+        draft, target = synthetic_pair(eps, device=device)
         return BenchPair(name, draft, target, None, frozenset(), one_thread=True)
-    draft, target, tokenizer = models.load_pair(name, device=device)
-    return BenchPair(name, draft, target, tokenizer, frozenset(models.stop_token_ids(tokenizer, target)))
+    draft, target, tokenizer = load_pair(name, device=device)
+    return BenchPair(name, draft, target, tokenizer, frozenset(stop_token_ids(tokenizer, target)))
 
 
 def bench_prompts(pair: BenchPair, domains, n: int, seed: int = 0) -> dict[str, list[tuple[str, torch.Tensor]]]:
     """``{domain: [(prompt_id, token ids), ...]}``: the first ``n`` prompts of each domain,
     encoded with the pair's chat template; for a synthetic pair ``n`` random-token prompts."""
-    from .models import encode_prompt
-    from .prompts import load_prompts
+    from .prompts import encode_prompt, load_prompts
 
     if pair.synthetic:
         vocab = pair.target.config.vocab_size
@@ -475,12 +396,6 @@ def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> G
 # --------------------------------------------------------------------------------------------
 # Provenance and resuming
 # --------------------------------------------------------------------------------------------
-
-
-def provenance_path(results_path: str | Path) -> Path:
-    """``runs/x.jsonl`` -> ``runs/x.provenance.json``."""
-    p = Path(results_path)
-    return p.with_name(p.name.removesuffix(".jsonl") + ".provenance.json")
 
 
 def _cpu_name() -> str:
@@ -605,7 +520,7 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
     left to run) and completes it when it ends (``n_new_records``, ``finished``, load averages).
     Returns the results path.
     """
-    from .models import ModelUnavailableError, VocabularyMismatchError
+    from .registry import ModelUnavailableError, VocabularyMismatchError
 
     out = Path(out)
     load = load_average()
@@ -677,265 +592,6 @@ def _warm_up(pair: BenchPair, todo: list[BenchmarkConfig], by_id: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregation
-# --------------------------------------------------------------------------------------------
-
-# A generation and its baseline share these: same prompt and settings, same run, same repeat.
-BASELINE_KEY = _KEY = ["pair", "domain", "prompt_id", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "dtype",
-        "run_id", "repeat"]
-
-
-def alpha_estimate(accepted: list[int], drafted: list[int]) -> float | None:
-    """Per-token acceptance probability alpha of the i.i.d. model, from rounds.
-
-    Each round tests drafted tokens in order until the first rejection: a round that accepts
-    ``a`` of ``d`` tokens made ``a`` successes and, if ``a < d``, one failure. The maximum-
-    likelihood alpha is successes / trials. (The plain ratio accepted/drafted is smaller: it
-    counts the tokens after a rejection, which were never tested, as failures.)
-    """
-    succ = sum(accepted)
-    trials = succ + sum(1 for a, d in zip(accepted, drafted) if a < d)
-    return succ / trials if trials else None
-
-
-def load_results(paths) -> "pd.DataFrame":
-    """Results file(s) (or a list of GenerationResult) as one row per generation.
-
-    Columns: the :class:`BenchmarkConfig` fields, ``config_hash``, ``run_id``, ``repeat``,
-    ``others_cpu`` (cores other processes kept busy meanwhile, where recorded), ``n_new``, ``total_s``, ``ttft_s``, ``decode_s``, ``tokens_per_s``, ``decode_tokens_per_s``,
-    ``rounds``, ``drafted``, ``accepted``, ``acceptance_rate``, ``alpha_hat``, one
-    ``<phase>_s`` column per phase (overhead included), ``draft_steps``, and ``result`` (the
-    :class:`GenerationResult` itself, for per-token data).
-    """
-    import pandas as pd
-
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    results = []
-    for p in paths:
-        results += [p] if isinstance(p, GenerationResult) else read_jsonl(p)
-    rows = []
-    for r in results:
-        if "config" not in r.meta:
-            raise ValueError("a result without meta['config'] was not written by specdec.bench; "
-                             "run it through run_config/run_sweep")
-        row = dict(r.meta["config"])
-        row.update(config_hash=r.meta.get("config_hash"), run_id=r.meta.get("run_id", ""),
-                   repeat=int(r.meta.get("repeat", 0)), others_cpu=_nan(r.meta.get("others_cpu")), n_new=r.n_new,
-                   total_s=r.total_s, ttft_s=r.ttft_s, decode_s=r.decode_s, tokens_per_s=r.tokens_per_s,
-                   decode_tokens_per_s=r.decode_tokens_per_s,
-                   rounds=len(r.drafted_per_round), drafted=sum(r.drafted_per_round),
-                   accepted=sum(r.accepted_per_round),
-                   acceptance_rate=r.acceptance_rate if r.acceptance_rate is not None else np.nan,
-                   alpha_hat=_nan(alpha_estimate(r.accepted_per_round, r.drafted_per_round)),
-                   overhead_s=r.overhead_s if r.phase_s else np.nan, result=r)
-        for ph in PHASES[:-1]:
-            row[f"{ph}_s"] = r.phase_s.get(ph, 0.0) if r.phase_s else np.nan
-        # A model drafter runs one forward pass per drafted token; prompt lookup runs none.
-        row["drafter"] = r.meta.get("drafter", "")
-        row["draft_steps"] = 0 if row["drafter"] == "ngram" else row["drafted"]
-        rows.append(row)
-    cols = list(BenchmarkConfig.__dataclass_fields__) + ["config_hash", "run_id", "repeat"]
-    df = pd.DataFrame(rows)
-    return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
-
-
-def first_repeat(df):
-    """The rows of each configuration's first repeat: a repeat re-times the same seeded
-    generation (same tokens, same rounds), so counts pooled over repeats would count each
-    round several times."""
-    if df.empty or "repeat" not in df:
-        return df
-    first = df.groupby("config_hash").repeat.transform("min")
-    return df[df.repeat == first]
-
-
-def _nan(x):
-    return np.nan if x is None else x
-
-
-def _gmean(x) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x) & (x > 0)]
-    return float(np.exp(np.log(x).mean())) if len(x) else np.nan
-
-
-def speedups(df) -> "pd.DataFrame":
-    """One row per non-baseline generation with its baseline's numbers and the speedups.
-
-    The baseline is the generation of the same pair, prompt, token budget, sampling settings,
-    run and repeat (timed a few seconds apart, :func:`run_sweep`), with ``autoregressive`` for
-    our speculative loop and ``hf_autoregressive`` for the transformers methods. Both speedups
-    are :func:`specdec.metrics.speedup`, the book's one definition: ``speedup`` the headline,
-    decode-only (after the first token), ``speedup_e2e`` end to end (first token included);
-    ``speedup_vs_ours`` puts a transformers method against *our* autoregressive baseline.
-    """
-    import pandas as pd
-
-    def base(method, prefix):
-        b = df[df.method == method][_KEY + ["result"]]
-        return b.rename(columns={"result": prefix})
-
-    parts = []
-    for method in ("speculative", "hf_assisted", "hf_prompt_lookup"):
-        sub = df[df.method == method]
-        if sub.empty:
-            continue
-        m = sub.merge(base(BASELINE[method], "base_result"), on=_KEY, how="inner")
-        m = m.merge(base("autoregressive", "ours_result"), on=_KEY, how="left")
-        m["speedup"] = [metric_speedup(r, b) for r, b in zip(m.result, m.base_result)]
-        m["speedup_e2e"] = [metric_speedup(r, b, end_to_end=True) for r, b in zip(m.result, m.base_result)]
-        m["speedup_vs_ours"] = [metric_speedup(r, o) if isinstance(o, GenerationResult) else np.nan
-                                for r, o in zip(m.result, m.ours_result)]
-        m["base_tokens_per_s"] = [b.tokens_per_s for b in m.base_result]
-        m["base_decode_tokens_per_s"] = [b.decode_tokens_per_s for b in m.base_result]
-        parts.append(m.drop(columns=["base_result", "ours_result"]))
-    if not parts:
-        raise ValueError("no speculative generations with a matching baseline in these results")
-    return pd.concat(parts, ignore_index=True)
-
-
-def summarise(s, by, value: str) -> "pd.DataFrame":
-    """Aggregate a per-generation ``value`` (e.g. a speedup of :func:`speedups`) per group
-    ``by``, with its spread. Within a group, each prompt's repeats give a median; the value is
-    the geometric mean of those medians over prompts. The spread is over repeats: ``lo`` and
-    ``hi`` are the smallest and largest geometric mean over prompts of any single repeat (how
-    far one run of the whole group could land), ``n_prompts`` and ``n_repeats`` count them."""
-    import pandas as pd
-
-    by = list(by)
-    rows = []
-    for key, g in s.groupby(by, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        per_prompt = g.groupby("prompt_id")[value].median()
-        per_repeat = g.groupby("repeat")[value].agg(_gmean)
-        rows.append({**dict(zip(by, key)), value: _gmean(per_prompt), "lo": float(per_repeat.min()),
-                     "hi": float(per_repeat.max()), "n_prompts": g.prompt_id.nunique(),
-                     "n_repeats": g.repeat.nunique()})
-    return pd.DataFrame(rows, columns=by + [value, "lo", "hi", "n_prompts", "n_repeats"])
-
-
-def relative_to_ours(df) -> "pd.DataFrame":
-    """Every generation's decode speedup (:func:`specdec.metrics.speedup`) over *our*
-    autoregressive loop on the same prompt, run and repeat, as column ``relative``, with a
-    ``label`` (the method, and its K where it drafts); e.g. ``generate()`` against our loop."""
-    ours = df[df.method == "autoregressive"][BASELINE_KEY + ["result"]].rename(columns={"result": "ours"})
-    m = df.merge(ours, on=BASELINE_KEY)
-    m["relative"] = [metric_speedup(r, o) for r, o in zip(m.result, m.ours)]
-    m["label"] = np.where(m.k == 0, m.method, m.method + " K=" + m.k.astype(str))
-    return m.drop(columns="ours")
-
-
-def speedup_table(df, method: str = "speculative", by=("pair", "k", "domain"), value: str = "speedup") -> "pd.DataFrame":
-    """Per group: the geometric mean over prompts of each prompt's median speedup over repeats,
-    with its spread over repeats (:func:`summarise`). ``value`` is a column of
-    :func:`speedups`: ``speedup`` (decode-only, the headline) or ``speedup_e2e``."""
-    s = speedups(df)
-    s = s[s.method == method]
-    if s.empty:
-        raise ValueError(f"no {method!r} generations with a baseline in these results")
-    return summarise(s, by, value)
-
-
-def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.DataFrame":
-    """Acceptance of our speculative loop per group, pooled over prompts: ``alpha_hat``
-    (:func:`alpha_estimate` over all rounds), ``acceptance_rate`` (accepted / drafted),
-    ``mean_accepted`` per round, ``tokens_per_round`` and the number of rounds."""
-    import pandas as pd
-
-    s = first_repeat(df[(df.method == "speculative") & (df.rounds > 0)])
-    rows = []
-    for key, g in s.groupby(list(by), dropna=False):
-        acc = [a for r in g.result for a in r.accepted_per_round]
-        dra = [d for r in g.result for d in r.drafted_per_round]
-        rows.append({**dict(zip(by, key)), "alpha_hat": _nan(alpha_estimate(acc, dra)),
-                     "acceptance_rate": sum(acc) / sum(dra) if sum(dra) else np.nan,
-                     "mean_accepted": float(np.mean(acc)), "tokens_per_round": float(np.mean(acc)) + 1,
-                     "rounds": len(acc), "prompts": g.prompt_id.nunique()})
-    return pd.DataFrame(rows)
-
-
-def latency_cdf(df, methods=("autoregressive", "speculative"), skip_first: bool = True) -> "pd.DataFrame":
-    """Per-token latencies in long form (``pair``, ``method``, ``k``, ``label``, ``latency_s``,
-    ``cdf``), the first token (time to first token) left out unless ``skip_first=False``.
-    A speculative round emits several tokens at once: the first carries the round's latency,
-    the others arrive with zero gap."""
-    import pandas as pd
-
-    rows = []
-    for _, r in df[df.method.isin(methods)].iterrows():
-        lat = r.result.token_latencies_s[1:] if skip_first else r.result.token_latencies_s
-        label = r.method if r.k == 0 else f"{r.method} K={r.k}"
-        rows += [{"pair": r.pair, "method": r.method, "k": r.k, "label": label, "latency_s": x} for x in lat]
-    out = pd.DataFrame(rows, columns=["pair", "method", "k", "label", "latency_s"])
-    out = out.sort_values(["pair", "label", "latency_s"]).reset_index(drop=True)
-    out["cdf"] = out.groupby(["pair", "label"]).cumcount().add(1) / out.groupby(["pair", "label"]).latency_s.transform("size")
-    return out
-
-
-def phase_breakdown(df, per_token: bool = True) -> "pd.DataFrame":
-    """Mean seconds per phase (prefill, draft, verify, sample, overhead) per pair, method and K,
-    per generated token when ``per_token`` (our loops only: transformers' generate is not split)."""
-    s = df[df.method.isin(OUR_METHODS)].copy()
-    cols = [f"{p}_s" for p in PHASES]
-    if per_token:
-        s[cols] = s[cols].div(s.n_new.clip(lower=1), axis=0)
-    return s.groupby(["pair", "method", "k"])[cols].mean().reset_index().rename(columns=lambda c: c.removesuffix("_s"))
-
-
-def cost_ratios(df) -> "pd.DataFrame":
-    """The measured cost side of each pair and K, pooled over prompts:
-
-    * ``t_step``: seconds of one target decode step (the baseline's decode phase per token);
-    * ``c``: seconds per draft forward pass / ``t_step`` (0 for prompt lookup, whose drafting is
-      a search, not a model call; its time is then in ``draft_s_per_round``);
-    * ``verify_cost``: one verification of K+1 positions / ``t_step`` (1 in the law's model);
-    * ``draft_cost``: all drafting of a round / ``t_step``.
-    """
-    import pandas as pd
-
-    base = df[df.method == "autoregressive"]
-    spec = df[(df.method == "speculative") & (df.rounds > 0)]
-    rows = []
-    for (pair, k), g in spec.groupby(["pair", "k"]):
-        b = base[(base.pair == pair) & base.run_id.isin(g.run_id.unique())]
-        steps = (b.n_new - 1).clip(lower=0).sum()
-        if steps == 0:
-            continue
-        t_step = b.verify_s.sum() / steps
-        c = g.draft_s.sum() / g.draft_steps.sum() / t_step if g.draft_steps.sum() else 0.0
-        rows.append({"pair": pair, "k": k, "t_step": t_step, "c": c,
-                     "verify_cost": g.verify_s.sum() / g.rounds.sum() / t_step,
-                     "draft_cost": g.draft_s.sum() / g.rounds.sum() / t_step})
-    return pd.DataFrame(rows, columns=["pair", "k", "t_step", "c", "verify_cost", "draft_cost"])
-
-
-def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.DataFrame":
-    """Measured decode speedup (:func:`summarise`: ``measured`` with its spread over repeats,
-    ``measured_lo`` .. ``measured_hi``) next to two predictions from measured alpha and cost:
-
-    * ``predicted``: the law :func:`specdec.theory.speedup` with ``alpha_hat`` and ``c`` (a
-      verification costs one target step);
-    * ``predicted_verify``: the same tokens per round, divided by the measured cost of a round,
-      ``draft_cost + verify_cost`` target steps (the law with the verification priced as measured).
-    """
-    from . import theory
-
-    acc = acceptance_by_domain(df, by=by)
-    cost = cost_ratios(df)
-    sp = speedups(df)
-    sp = summarise(sp[sp.method == "speculative"], by, "speedup")
-    sp = sp.drop(columns=["n_prompts", "n_repeats"]).rename(
-        columns={"speedup": "measured", "lo": "measured_lo", "hi": "measured_hi"})
-    out = acc.merge(cost, on=["pair", "k"]).merge(sp, on=list(by))
-    ks = out.k.to_numpy(dtype=np.int64)
-    alpha = out.alpha_hat.clip(0, 1).to_numpy()
-    out["predicted"] = theory.speedup(alpha, out.c.to_numpy(), ks)
-    out["predicted_verify"] = theory.expected_tokens(alpha, ks) / (out.draft_cost + out.verify_cost)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # The cost side without weights: time forward passes of random-weight models
 # --------------------------------------------------------------------------------------------
 
@@ -949,12 +605,12 @@ def measure_step_costs(model, n_tokens=(1, 2, 3, 5, 9), context_len: int = 128, 
     if measured)."""
     import pandas as pd
 
-    from .roofline import _time_forwards
+    from .roofline import time_forwards
 
     if context_len < 1 or not n_tokens or min(n_tokens) < 1:
         raise ValueError("need context_len >= 1 and n_tokens >= 1")
-    seconds = _time_forwards(model, list(n_tokens), context_len, repeats, warmup, seed, "step costs")
-    out = pd.DataFrame([{"n_tokens": n, "seconds": float(seconds[n])} for n in n_tokens])
+    seconds = time_forwards(model, list(n_tokens), context_len, repeats, warmup, seed, "step costs")["model"]
+    out = pd.DataFrame([{"n_tokens": n, "seconds": float(np.median(seconds[n]))} for n in n_tokens])
     one = out.loc[out.n_tokens == 1, "seconds"]
     out["relative"] = out.seconds / one.iloc[0] if len(one) else np.nan
     return out
@@ -969,7 +625,8 @@ def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5
     (True) -- label the numbers as extrapolated wherever they are shown."""
     import pandas as pd
 
-    from .models import model_config, random_model
+    from .registry import model_config
+    from .synthetic import random_model
 
     if len(set(layer_counts)) < 2:
         raise ValueError("need at least two different layer counts to fit a + b * layers")
@@ -998,14 +655,16 @@ def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5
 # --------------------------------------------------------------------------------------------
 
 
-def _committed(path: Path) -> bool:
-    """Is ``path`` under a ``data/results`` folder, where the book's committed results live?"""
+def is_committed_path(path: Path) -> bool:
+    """Is ``path`` under a ``data/results`` folder, where the book's committed results live?
+    (Recording there is refused on a busy machine unless forced.)"""
     parts = path.resolve().parts
     return any(parts[i:i + 2] == ("data", "results") for i in range(len(parts) - 1))
 
 
 def main(argv: list[str] | None = None) -> int:
     from . import cli
+    from .analysis import acceptance_by_domain, load_results, speedup_table
     from .profiles import PROFILES
     from .prompts import DOMAINS
 
@@ -1063,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         ap.error(str(err))
     out = Path(args.out)
-    max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if _committed(out) else None
+    max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if is_committed_path(out) else None
     command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         path = run_sweep(plan, out, command=command, max_load=max_load, force=args.force)

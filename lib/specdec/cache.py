@@ -8,84 +8,236 @@ only the tokens it has not seen. Rollback after a rejection and the draft model'
 off-by-one after a fully accepted round are then the same operation: "catch up to this
 sequence".
 
-The cache itself is the transformers Cache API (:class:`transformers.DynamicCache`); note
-that in transformers 5 ``DynamicCache.crop`` takes the (negative) number of tokens to
-*remove*, which :meth:`CachedLM.crop` hides behind "keep the first n".
+Two kinds of cache sit under that rule, both speaking the transformers Cache API:
+
+* ``"dynamic"`` -- :class:`transformers.DynamicCache`, which grows each layer's keys and
+  values with ``torch.cat``: every step copies the whole cache. In transformers 5
+  ``DynamicCache.crop`` takes the (negative) number of tokens to *remove*, which
+  :meth:`CachedLM.crop` hides behind "keep the first n".
+* ``"preallocated"`` (the default) -- :class:`PreallocatedCache`: each layer owns a buffer
+  with room for many tokens, a step writes the new keys and values in place, and a
+  rollback only moves the cursor that says how many positions are valid. Attention reads
+  the valid positions only.
+
+The tokens the cache holds are kept on the host (a Python list), so checking the common
+prefix costs no device synchronisation; :meth:`CachedLM.advance` feeds tokens that still
+live on the device (a drafter's own samples) and reads their ids back only when needed.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-__all__ = ["CachedLM", "cache_bytes"]
+__all__ = ["CACHE_KINDS", "CachedLM", "PreallocatedCache", "PreallocatedLayer", "cache_bytes"]
+
+CACHE_KINDS = ("preallocated", "dynamic")
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's keys and values in a buffer that grows by doubling, never per token.
+
+    ``keys`` and ``values`` are views of the first ``length`` positions of the buffers, so
+    everything that reads a :class:`~transformers.cache_utils.DynamicLayer` (its sequence
+    length, the attention mask's size, :func:`cache_bytes`) reads this layer the same way.
+    """
+
+    def __init__(self, capacity: int = 256):
+        super().__init__()
+        self.capacity = max(1, int(capacity))
+        self.length = 0
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._k = key_states.new_empty(self._shape(key_states, self.capacity))
+        self._v = value_states.new_empty(self._shape(value_states, self.capacity))
+        self.keys, self.values = self._k[..., :0, :], self._v[..., :0, :]
+        self.is_initialized = True
+
+    @staticmethod
+    def _shape(states: torch.Tensor, n: int) -> tuple[int, ...]:
+        return (*states.shape[:-2], n, states.shape[-1])
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * self._k.shape[-2])
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = old.new_empty(self._shape(old, capacity))
+            new[..., : self.length, :] = old[..., : self.length, :]
+            setattr(self, name, new)
+        self.capacity = capacity
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self._k.shape[-2]:
+            self._grow(end)
+        self._k[..., self.length : end, :] = key_states
+        self._v[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reset(self) -> None:
+        self.length = 0
+        if self.is_initialized:
+            self.keys, self.values = self._k[..., :0, :], self._v[..., :0, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` positions (the transformers 5 convention)."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes the negative number of tokens to remove")
+        if tokens_to_remove == 0 or not self.is_initialized:
+            return
+        self.length = max(0, self.length + tokens_to_remove)
+        self.keys, self.values = self._k[..., : self.length, :], self._v[..., : self.length, :]
+
+
+class PreallocatedCache(DynamicCache):
+    """A transformers cache of :class:`PreallocatedLayer` s, one per model layer."""
+
+    def __init__(self, capacity: int = 256):
+        # Cache.__init__ directly: DynamicCache's own would pick its layers from a config.
+        super(DynamicCache, self).__init__(layer_class_to_replicate=lambda: PreallocatedLayer(capacity))
 
 
 class CachedLM:
-    """A model plus a :class:`~transformers.DynamicCache` holding a known prefix of tokens."""
+    """A model plus a KV cache holding a known prefix of tokens.
 
-    def __init__(self, model: torch.nn.Module, max_length: int | None = None):
+    ``cache`` is ``"preallocated"`` (:class:`PreallocatedCache`, the default) or
+    ``"dynamic"`` (:class:`transformers.DynamicCache`); ``capacity`` is how many tokens the
+    preallocated buffers hold before they first grow.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_length: int | None = None,
+        cache: str = "preallocated",
+        capacity: int = 256,
+    ):
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
         self.model = model
+        self.kind = cache
+        self.capacity = capacity
         self.max_length = max_length if max_length is not None else _context_length(model)
+        self.device = next(model.parameters()).device
         self.reset()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def length(self) -> int:
         """How many tokens the cache holds (equals ``cache.get_seq_length()``)."""
-        return len(self.tokens)
+        return len(self._tokens) + self._n_pending
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids the cache holds, in order."""
+        self._resolve()
+        return self._tokens
 
     def reset(self) -> None:
-        self.cache = DynamicCache()
-        self.tokens = torch.empty(0, dtype=torch.long)
+        self.cache = PreallocatedCache(self.capacity) if self.kind == "preallocated" else DynamicCache()
+        self._tokens: list[int] = []
+        self._pending: list[torch.Tensor] = []  # fed tokens whose ids are still on the device
+        self._n_pending = 0
+
+    def _resolve(self) -> None:
+        if self._pending:
+            self._tokens += torch.cat(self._pending).tolist()
+            self._pending, self._n_pending = [], 0
 
     def crop(self, n_keep: int) -> None:
         """Roll the cache back so that it holds only the first ``n_keep`` tokens."""
         if not 0 <= n_keep <= self.length:
             raise ValueError(f"cannot keep {n_keep} tokens of a cache holding {self.length}")
         if n_keep < self.length:
+            self._resolve()
             self.cache.crop(n_keep - self.length)  # transformers 5: a negative count to remove
-            self.tokens = self.tokens[:n_keep]
+            del self._tokens[n_keep:]
 
-    def common_prefix(self, seq: torch.Tensor) -> int:
+    def common_prefix(self, seq) -> int:
         """Length of the longest common prefix of the cached tokens and ``seq``."""
-        n = min(self.length, len(seq))
-        mismatch = (self.tokens[:n] != seq[:n].cpu()).nonzero()
-        return int(mismatch[0]) if len(mismatch) else n
+        seq = _as_list(seq)
+        mine = self.tokens
+        n = min(len(mine), len(seq))
+        if mine[:n] == seq[:n]:
+            return n
+        return next(i for i, (a, b) in enumerate(zip(mine, seq)) if a != b)
 
-    @torch.inference_mode()
-    def logits(self, seq: torch.Tensor, n_last: int = 1) -> torch.Tensor:
-        """Logits ``(n_last, V)`` predicting the token after each of the last ``n_last`` positions.
-
-        ``seq`` is the whole 1-D token sequence so far. Row ``i`` is the model's prediction
-        for position ``len(seq) - n_last + i + 1``. Afterwards the cache holds all of ``seq``.
-        """
-        seq = torch.as_tensor(seq, dtype=torch.long).cpu()
-        if seq.ndim != 1 or not 1 <= n_last <= len(seq):
-            raise ValueError(f"need a 1-D sequence of at least n_last={n_last} tokens, got shape {tuple(seq.shape)}")
-        if self.max_length and len(seq) > self.max_length:
-            raise ValueError(
-                f"sequence of {len(seq)} tokens exceeds the model's context of {self.max_length} tokens; "
-                "shorten the prompt or lower max_new_tokens"
-            )
-        keep = min(self.common_prefix(seq), len(seq) - n_last)
-        self.crop(keep)
-        new = seq[keep:]
+    def _forward(self, new: torch.Tensor, n_last: int) -> torch.Tensor:
         out = self.model(
-            input_ids=new[None].to(self.device),
+            input_ids=new.view(1, -1),
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=n_last,  # skip the LM head where no prediction is needed
         )
-        self.tokens = seq.clone()
         return out.logits[0, -n_last:]
 
+    @torch.inference_mode()
+    def logits(self, seq, n_last: int = 1, suffix: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(n_last, V)`` predicting the token after each of the last ``n_last`` positions.
 
-def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by the keys and values of every layer of a cache."""
+        ``seq`` is the whole token sequence so far (a 1-D tensor or a list of ids), optionally
+        followed by ``suffix``, tokens that may still be on the device (a round's draft). Row
+        ``i`` is the model's prediction for position ``len(seq) + len(suffix) - n_last + i + 1``.
+        Afterwards the cache holds all of ``seq`` and ``suffix``.
+        """
+        seq = _as_list(seq)
+        suffix = torch.empty(0, dtype=torch.long) if suffix is None else suffix.reshape(-1)
+        total = len(seq) + len(suffix)
+        if not 1 <= n_last <= total:
+            raise ValueError(f"need a 1-D sequence of at least n_last={n_last} tokens, got {total}")
+        if self.max_length and total > self.max_length:
+            raise ValueError(
+                f"sequence of {total} tokens exceeds the model's context of {self.max_length} tokens; "
+                "shorten the prompt or lower max_new_tokens"
+            )
+        keep = min(self.common_prefix(seq), total - n_last)
+        self.crop(keep)
+        new = torch.tensor(seq[keep:], dtype=torch.long, device=self.device)
+        if len(suffix):
+            new = torch.cat([new, suffix.to(self.device)])
+        logits = self._forward(new, n_last)
+        self._tokens += seq[keep:]
+        if len(suffix):
+            self._pending.append(suffix)
+            self._n_pending += len(suffix)
+        return logits
+
+    @torch.inference_mode()
+    def advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` after everything cached; logits ``(len(tokens), V)`` for each of them.
+
+        For a drafter feeding its own samples: the ids may stay on the device, and are read
+        back only when the cached tokens are next compared (one synchronisation, not one
+        per token).
+        """
+        tokens = tokens.reshape(-1)
+        if self.max_length and self.length + len(tokens) > self.max_length:
+            raise ValueError(f"{self.length + len(tokens)} tokens exceed the model's context of {self.max_length}")
+        logits = self._forward(tokens.to(self.device), len(tokens))
+        self._pending.append(tokens)
+        self._n_pending += len(tokens)
+        return logits
+
+
+def _as_list(seq) -> list[int]:
+    if isinstance(seq, list):
+        return seq
+    seq = torch.as_tensor(seq)
+    if seq.ndim != 1:
+        raise ValueError(f"need a 1-D sequence of token ids, got shape {tuple(seq.shape)}")
+    return seq.tolist()
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by the keys and values of every layer of a cache (the valid positions)."""
     total = 0
     for layer in cache.layers:
         for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):

@@ -670,21 +670,22 @@ def load_tokenizer(name: str):
 
 
 def load_hub_tokenizer(spec):
-    """The tokenizer of a registered model (a :class:`specdec.models.ModelSpec`), from the hub's
-    cache, or :class:`~specdec.models.ModelUnavailableError` saying how to get it."""
-    from . import models
+    """The tokenizer of a registered model (a :class:`specdec.registry.ModelSpec`), from the hub's
+    cache, or :class:`~specdec.registry.ModelUnavailableError` saying how to get it."""
+    from .loaders import how_to_get, load_smollm2_tokenizer
+    from .registry import ModelUnavailableError
 
     if spec.source != "hub":
-        return models.load_smollm2_tokenizer()
+        return load_smollm2_tokenizer()
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(spec.hub_id)
     except (OSError, ValueError, ImportError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise models.ModelUnavailableError(
+        raise ModelUnavailableError(
             f"cannot load the tokenizer of {spec.label} ({spec.hub_id}): it is not in the local Hugging Face "
-            f"cache and the hub cannot be reached. To get it: {models._how_to_get(spec)}. (The loader said: {reason})"
+            f"cache and the hub cannot be reached. To get it: {how_to_get(spec)}. (The loader said: {reason})"
         ) from None
 
 
@@ -710,15 +711,16 @@ class CrossVocabPair:
 def load_cross_vocab_pair(name: str, device: str = "cpu") -> CrossVocabPair:
     """Load registry pair ``name`` (e.g. ``"tinyllama_llama3"``, ``"phi3_llama3"``) for
     cross-vocabulary drafting. Needs both models from the hub or its cache; offline it raises
-    :class:`~specdec.models.ModelUnavailableError` before loading any weights."""
-    from . import models
+    :class:`~specdec.registry.ModelUnavailableError` before loading any weights."""
+    from .loaders import load_pair
+    from .registry import get_pair
 
-    pair = models.get_pair(name)
+    pair = get_pair(name)
     if pair.draft is None:
         raise ValueError(f"pair {name!r} drafts with prompt lookup, which has no vocabulary of its own")
     draft_tok = load_hub_tokenizer(pair.draft)
     target_tok = load_hub_tokenizer(pair.target)
-    draft, target, _ = models.load_pair(name, device=device, allow_vocabulary_mismatch=True)
+    draft, target, _ = load_pair(name, device=device, allow_vocabulary_mismatch=True)
     draft_codec = TokenCodec(draft_tok, draft.get_output_embeddings().weight.shape[0], name=pair.draft.hub_id)
     target_codec = TokenCodec(target_tok, target.get_output_embeddings().weight.shape[0], name=pair.target.hub_id)
     mapping = VocabMapping.from_codecs(draft_codec, target_codec)

@@ -9,7 +9,10 @@ first token, so time to first token is the same for both. Then
   one token, and the target's cache is rolled back past the rejected tokens.
 
 With ``temperature=0`` both are greedy and produce identical tokens; with sampling, the
-speculative output has exactly the target's distribution (chapter 3).
+speculative output has exactly the target's distribution (chapter 3). Greedy rounds take
+the argmax directly (:func:`specdec.sampling.verify_greedy`, which gives what ``verify``
+gives on one-hot distributions). The autoregressive step is timed as ``"decode"``; a
+speculative round as ``"draft"``, ``"verify"`` and ``"sample"``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .cache import CachedLM
 from .drafters import Drafter
 from .metrics import GenerationResult
 from .profiling import PhaseTimer
-from .sampling import GREEDY, SamplingParams, probs_from_logits, sample, verify
+from .sampling import GREEDY, SamplingParams, next_token, probs_from_logits, verify, verify_greedy
 
 __all__ = ["autoregressive_generate", "speculative_generate"]
 
@@ -34,19 +37,21 @@ def autoregressive_generate(
     stop_ids: set[int] | frozenset[int] = frozenset(),
     seed: int = 0,
     progress: bool = False,
+    cache: str = "preallocated",
+    memory: bool = False,
 ) -> GenerationResult:
     """Generate one token per target forward pass; the baseline every speedup is measured against."""
-    run = _Run(model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method="autoregressive")
+    run = _Run(model, prompt_ids, max_new_tokens, stop_ids, seed, progress, "autoregressive", cache, memory)
     if run.done:
         return run.result()
     logits = run.prefill()
     while not run.done:
         with run.timer.phase("sample"):
-            token = sample(probs_from_logits(logits, params), run.generator)
-        run.emit(token.view(1))
+            token = next_token(logits, params, run.generator)
+        run.emit([int(token)])
         if run.done:
             break
-        with run.timer.phase("verify"):  # for the baseline, "verify" is the plain decode step
+        with run.timer.phase("decode"):
             logits = run.target.logits(run.seq, n_last=1)[0]
     return run.result()
 
@@ -61,45 +66,58 @@ def speculative_generate(
     stop_ids: set[int] | frozenset[int] = frozenset(),
     seed: int = 0,
     progress: bool = False,
+    cache: str = "preallocated",
+    memory: bool = False,
 ) -> GenerationResult:
-    """Speculative decoding: ``drafter`` proposes up to ``k`` tokens a round, ``target`` verifies."""
+    """Speculative decoding: ``drafter`` proposes up to ``k`` tokens a round, ``target`` verifies.
+
+    The host waits for the device once a round, to learn what was accepted; the draft stays
+    on the target's device until then.
+    """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (tokens drafted per round) must be an integer >= 1, got {k!r}")
-    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, method="speculative")
+    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "speculative", cache, memory)
     run.meta.update(k=k, drafter=getattr(drafter, "name", type(drafter).__name__))
     drafter.reset()
     if run.done:
         return run.result()
     first = run.prefill()
     with run.timer.phase("sample"):
-        run.emit(sample(probs_from_logits(first, params), run.generator).view(1))
+        run.emit([int(next_token(first, params, run.generator))])
+    device = run.target.device
     while not run.done:
         t_round = run.timer.now()
         k_round = min(k, run.remaining - 1)  # never draft past max_new_tokens
         with run.timer.phase("draft"):
             draft, q = drafter.propose(run.seq, k_round, params, run.generator)
-            draft = draft.cpu()
+            draft = draft.to(device)
         with run.timer.phase("verify"):
-            logits = run.target.logits(torch.cat([run.seq, draft]), n_last=len(draft) + 1)
+            logits = run.target.logits(run.seq, n_last=len(draft) + 1, suffix=draft)
         with run.timer.phase("sample"):
-            p = probs_from_logits(logits, params)
-            on_device = draft.to(p.device)
-            if q is None:  # a model-free drafter: its proposals are one-hot
-                q = torch.nn.functional.one_hot(on_device, p.shape[-1]).float()
-            n, nxt = verify(p, q.to(p.device), on_device, run.generator)
-            n = int(n)
+            if params.greedy:
+                n, nxt = verify_greedy(logits, draft)
+            else:
+                p = probs_from_logits(logits, params)
+                if q is None:  # deterministic proposals: their distributions are one-hot
+                    q = torch.nn.functional.one_hot(draft, p.shape[-1]).float()
+                n, nxt = verify(p, q.to(device), draft, run.generator)
+            n, nxt, *drafted = torch.cat([n.view(1), nxt.view(1), draft]).tolist()  # the one wait
         run.target.crop(len(run.seq) + n)  # roll back past the rejected draft tokens
-        run.rounds.append((len(draft), n))
-        run.proposals.append(draft.tolist())
-        run.emit(torch.cat([draft[:n], nxt.view(1)]))
+        run.rounds.append((len(drafted), n))
+        run.proposals.append(drafted)
+        run.emit(drafted[:n] + [nxt])
         run.round_latencies.append(run.timer.now() - t_round)
     return run.result()
 
 
 class _Run:
-    """Book-keeping shared by both loops: validation, emitted tokens, stop tokens, timings."""
+    """Book-keeping shared by both loops: validation, emitted tokens, stop tokens, timings.
 
-    def __init__(self, model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method):
+    The text so far, ``seq``, is a list of token ids on the host: appending is O(1), and the
+    stop-token check and the caches' prefix bookkeeping need the ids there anyway.
+    """
+
+    def __init__(self, model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory):
         prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long).cpu()
         if prompt_ids.ndim == 2 and prompt_ids.shape[0] == 1:
             prompt_ids = prompt_ids[0]
@@ -107,7 +125,7 @@ class _Run:
             raise ValueError(f"prompt_ids must be a non-empty 1-D sequence of token ids, got shape {tuple(prompt_ids.shape)}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        self.target = CachedLM(model)
+        self.target = CachedLM(model, cache=cache, capacity=len(prompt_ids) + max_new_tokens + 1)
         ctx = self.target.max_length
         if ctx and len(prompt_ids) + max_new_tokens > ctx:
             raise ValueError(
@@ -115,13 +133,13 @@ class _Run:
                 f"context of {ctx} tokens; shorten the prompt or lower max_new_tokens"
             )
         self.prompt_len = len(prompt_ids)
-        self.seq = prompt_ids
+        self.seq: list[int] = prompt_ids.tolist()
         self.max_new_tokens = max_new_tokens
         self.stop_ids = frozenset(int(s) for s in stop_ids)
         # Random numbers are drawn where the probabilities live (the target's device).
         self.generator = torch.Generator(device=self.target.device).manual_seed(seed)
-        self.timer = PhaseTimer(self.target.device)
-        self.meta = {"seed": seed}
+        self.timer = PhaseTimer(self.target.device, memory=memory)
+        self.meta = {"seed": seed, "cache": cache}
         self.method = method
         self.stopped = False
         self.rounds: list[tuple[int, int]] = []  # (drafted, accepted) per round
@@ -147,26 +165,27 @@ class _Run:
         with self.timer.phase("prefill"):
             return self.target.logits(self.seq, n_last=1)[0]
 
-    def emit(self, tokens: torch.Tensor) -> None:
+    def emit(self, tokens: list[int]) -> None:
         """Append tokens, cutting at max_new_tokens and after the first stop token."""
-        tokens = tokens.cpu()[: self.remaining]
-        for i, t in enumerate(tokens.tolist()):
+        tokens = tokens[: self.remaining]
+        for i, t in enumerate(tokens):
             if t in self.stop_ids:
                 tokens, self.stopped = tokens[: i + 1], True
                 break
-        self.seq = torch.cat([self.seq, tokens])
+        self.seq += tokens
         now = self.timer.now()
         self.emit_times += [now - self.t0] * len(tokens)
         self.bar.update(len(tokens))
 
     def result(self) -> GenerationResult:
         self.bar.close()
+        total = self.timer.now() - self.t0
         times = [0.0] + self.emit_times
         return GenerationResult(
             method=self.method,
-            tokens=self.seq[self.prompt_len :].tolist(),
+            tokens=self.seq[self.prompt_len :],
             prompt_tokens=self.prompt_len,
-            total_s=self.timer.now() - self.t0,
+            total_s=total,
             ttft_s=self.emit_times[0] if self.emit_times else 0.0,
             token_latencies_s=[b - a for a, b in zip(times, times[1:])],
             round_latencies_s=self.round_latencies,

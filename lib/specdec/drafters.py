@@ -27,7 +27,11 @@ class Drafter(Protocol):
     def propose(
         self, seq: torch.Tensor, k: int, params: SamplingParams, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return ``(tokens (k',), probs (k', V) or None)`` with ``0 <= k' <= k``."""
+        """Return ``(tokens (k',), probs (k', V) or None)`` with ``0 <= k' <= k``.
+
+        ``seq`` is the text so far (a list of token ids, or a 1-D tensor). ``probs`` is
+        ``None`` when the proposals are deterministic (one-hot).
+        """
 
 
 class ModelDrafter:
@@ -37,26 +41,34 @@ class ModelDrafter:
     sequence it is given. After a rejection that means cropping the rejected tokens;
     after a fully accepted round it means feeding the two tokens the draft has not seen
     (its own last proposal, which it sampled but never fed, and the target's bonus token).
+    Within a round the draft feeds its own samples with :meth:`CachedLM.advance`, so they
+    never leave the device. Greedy proposals are deterministic, so their distributions are
+    one-hot and ``propose`` returns ``None`` for them, as a model-free drafter does.
     """
 
-    def __init__(self, model: torch.nn.Module, name: str = "model"):
-        self.lm = CachedLM(model)
+    def __init__(self, model: torch.nn.Module, name: str = "model", cache: str = "preallocated"):
+        self.lm = CachedLM(model, cache=cache)
         self.name = name
 
     def reset(self) -> None:
         self.lm.reset()
 
     def propose(self, seq, k, params, generator=None):
-        tokens, probs = [], []
-        for _ in range(k):
-            q = probs_from_logits(self.lm.logits(seq, n_last=1)[0], params)
-            token = sample(q, generator)
-            tokens.append(token)
-            probs.append(q)
-            seq = torch.cat([seq, token.view(1).to(seq.device)])
-        if not tokens:
+        if k == 0:
             return torch.empty(0, dtype=torch.long), None
-        return torch.stack(tokens), torch.stack(probs)
+        logits = self.lm.logits(seq, n_last=1)[0]
+        tokens, probs = [], []
+        for i in range(k):
+            if params.greedy:
+                token = logits.argmax(-1)
+            else:
+                q = probs_from_logits(logits, params)
+                token = sample(q, generator)
+                probs.append(q)
+            tokens.append(token)
+            if i + 1 < k:
+                logits = self.lm.advance(token.view(1))[0]
+        return torch.stack(tokens), (torch.stack(probs) if probs else None)
 
 
 class NGramDrafter:
@@ -73,7 +85,7 @@ class NGramDrafter:
         pass
 
     def propose(self, seq, k, params=None, generator=None):
-        seq = seq.cpu()
+        seq = torch.as_tensor(seq).cpu()
         for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
             windows = seq.unfold(0, n, 1)[:-1]  # every earlier n-gram (the last one is the pattern)
             hits = (windows == seq[-n:]).all(-1).nonzero()

@@ -18,7 +18,9 @@ __all__ = ["GenerationResult", "speedup", "write_jsonl", "read_jsonl"]
 
 @dataclass
 class GenerationResult:
-    method: str  # "autoregressive" or "speculative"
+    # our loops: "autoregressive", "speculative"; transformers generate() (specdec.bench):
+    # "hf_autoregressive", "hf_assisted", "hf_prompt_lookup" (specdec.analysis.METHODS)
+    method: str
     tokens: list[int]  # the generated token ids (the prompt excluded)
     prompt_tokens: int
     total_s: float  # wall time of the whole generation

@@ -1,7 +1,7 @@
 """The book's benchmark figures (chapters 6 and 7), drawn with seaborn.
 
-Every function takes the DataFrame of :func:`specdec.bench.load_results` (one row per
-generation), aggregates it with the helpers of :mod:`specdec.bench`, and returns the
+Every function takes the DataFrame of :func:`specdec.analysis.load_results` (one row per
+generation), aggregates it with the helpers of :mod:`specdec.analysis`, and returns the
 matplotlib :class:`~matplotlib.figure.Figure` it drew on (pass ``ax`` to draw into an existing
 axes instead). A reader who reruns the harness gets their own figures from their own file.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import bench
+from . import analysis
 
 __all__ = [
     "speedup_heatmap",
@@ -46,12 +46,12 @@ def _grid(n: int, width: float = 10.0, row_height: float = 3.4, ncols: int = 3, 
 def speedup_heatmap(df: pd.DataFrame, method: str = "speculative", value: str = "speedup", ax=None):
     """Speedup per pair (rows) and K (columns): the geometric mean over domains and prompts of
     each prompt's median over repeats, with the range over repeats below it
-    (:func:`specdec.bench.speedup_table`).
+    (:func:`specdec.analysis.speedup_table`).
 
     ``value`` is ``speedup`` (decode-only, the headline) or ``speedup_e2e`` (first token
     included). Cells above 1 are faster than the pair's own autoregressive baseline.
     """
-    table = bench.speedup_table(df, method=method, by=("pair", "k"), value=value)
+    table = analysis.speedup_table(df, method=method, by=("pair", "k"), value=value)
     grid = table.pivot(index="pair", columns="k", values=value)
     lo = table.pivot(index="pair", columns="k", values="lo").reindex_like(grid)
     hi = table.pivot(index="pair", columns="k", values="hi").reindex_like(grid)
@@ -74,12 +74,12 @@ def speedup_heatmap(df: pd.DataFrame, method: str = "speculative", value: str = 
 
 
 def acceptance_distributions(df: pd.DataFrame, ax=None):
-    """Per-generation acceptance (alpha, :func:`specdec.bench.alpha_estimate`) by domain and pair:
+    """Per-generation acceptance (alpha, :func:`specdec.analysis.alpha_estimate`) by domain and pair:
     one point per prompt and K, with a box per group."""
     s = df[(df.method == "speculative") & (df.rounds > 0)]
     if s.empty:
         raise ValueError("no speculative generations in these results")
-    s = bench.first_repeat(s)  # repeats re-time the same tokens
+    s = analysis.first_repeat(s)  # repeats re-time the same tokens
     fig, ax = _axes(ax, (9, 4))
     sns.boxplot(data=s, x="domain", y="alpha_hat", hue="pair", ax=ax, fliersize=0, boxprops={"alpha": 0.35})
     sns.stripplot(data=s, x="domain", y="alpha_hat", hue="pair", dodge=True, ax=ax, size=5, legend=False,
@@ -96,7 +96,7 @@ def latency_cdfs(df: pd.DataFrame, pairs=None):
     (three panels a row, so the figure stays readable at page width). The time to first token
     is left out; tokens that arrive in the same round as the one before them have zero latency
     and show as the jump at the left edge."""
-    cdf = bench.latency_cdf(df)
+    cdf = analysis.latency_cdf(df)
     pairs = list(pairs) if pairs is not None else sorted(cdf.pair.unique())
     if not pairs:
         raise ValueError("no autoregressive or speculative generations in these results")
@@ -125,24 +125,24 @@ def latency_cdfs(df: pd.DataFrame, pairs=None):
 def phase_breakdown(df: pd.DataFrame, pairs=None):
     """Stacked seconds per generated token in each phase (prefill, draft, verify, sample,
     overhead), the baseline (K = 0) and each K, one panel per pair (three a row)."""
-    table = bench.phase_breakdown(df)
+    table = analysis.phase_breakdown(df)
     pairs = list(pairs) if pairs is not None else sorted(table.pair.unique())
     if not pairs:
         raise ValueError("no generations of our loops in these results")
     fig, axes = _grid(len(pairs))
-    colors = dict(zip(bench.PHASES, sns.color_palette("deep", len(bench.PHASES))))
+    colors = dict(zip(analysis.PHASES, sns.color_palette("deep", len(analysis.PHASES))))
     for ax, pair in zip(axes, pairs):
         sub = table[table.pair == pair].sort_values("k")
         labels = ["AR" if k == 0 else f"K={k}" for k in sub.k]
         bottom = np.zeros(len(sub))
-        for ph in bench.PHASES:
+        for ph in analysis.PHASES:
             vals = sub[ph].fillna(0).to_numpy() * 1e3
             ax.bar(labels, vals, bottom=bottom, color=colors[ph], label=ph)
             bottom += vals
         ax.set_title(pair, fontsize=10)
         ax.set_ylabel("ms per generated token")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[ph]) for ph in bench.PHASES]
-    fig.legend(handles, bench.PHASES, loc="lower center", ncol=len(bench.PHASES), bbox_to_anchor=(0.5, -0.02),
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[ph]) for ph in analysis.PHASES]
+    fig.legend(handles, analysis.PHASES, loc="lower center", ncol=len(analysis.PHASES), bbox_to_anchor=(0.5, -0.02),
                frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
@@ -151,7 +151,7 @@ def phase_breakdown(df: pd.DataFrame, pairs=None):
 def measured_vs_predicted(df: pd.DataFrame, ax=None):
     """Measured decode speedup against the law's prediction from measured alpha and c (filled
     markers) and against the law with the verification priced as measured (open markers)."""
-    mp = bench.measured_vs_predicted(df)
+    mp = analysis.measured_vs_predicted(df)
     if mp.empty:
         raise ValueError("need speculative generations and their autoregressive baselines")
     fig, ax = _axes(ax, (6.5, 5))
@@ -175,25 +175,25 @@ def measured_vs_predicted(df: pd.DataFrame, ax=None):
 def peer_comparison(df: pd.DataFrame):
     """Our speculative loop against the transformers method of the same pair, each over its own
     autoregressive baseline (top), and all four methods in decode tokens per second relative to
-    our autoregressive loop (bottom). Bars are :func:`specdec.bench.summarise` values (median
+    our autoregressive loop (bottom). Bars are :func:`specdec.analysis.summarise` values (median
     over repeats, geometric mean over prompts), whiskers the range over repeats."""
-    s = bench.speedups(df)
+    s = analysis.speedups(df)
     if s[s.method != "speculative"].empty:
         raise ValueError("no transformers generations (hf_assisted / hf_prompt_lookup) in these results")
     s = s[s.pair.isin(s[s.method != "speculative"].pair.unique())]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7.5))
-    own = bench.summarise(s.assign(label=s.pair + " / " + s.method).sort_values(["pair", "method"]),
+    own = analysis.summarise(s.assign(label=s.pair + " / " + s.method).sort_values(["pair", "method"]),
                           ["label", "k"], "speedup")
     _bars(a1, own, "k", "speedup", "label")
     a1.axhline(1, color="k", lw=0.8)
     a1.set_ylabel("decode speedup over\nown autoregressive baseline")
     a1.set_xlabel("K")
     a1.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    rel = bench.relative_to_ours(df)
-    rank = {m: i for i, m in enumerate(bench.METHODS)}
+    rel = analysis.relative_to_ours(df)
+    rank = {m: i for i, m in enumerate(analysis.METHODS)}
     rel = rel.assign(order=rel.method.map(rank) * 100 + rel.k).sort_values("order")
     hue_order = list(dict.fromkeys(rel.label))
-    rel = bench.summarise(rel, ["pair", "label"], "relative")
+    rel = analysis.summarise(rel, ["pair", "label"], "relative")
     _bars(a2, rel, "pair", "relative", "label", rotate=15, hue_order=hue_order)
     a2.axhline(1, color="k", lw=0.8)
     a2.set_ylabel("decode tokens/s relative\nto our autoregressive loop")

@@ -2,13 +2,14 @@
 
 On a GPU, work is queued asynchronously: a wall-clock timer around a kernel launch
 measures the launch, not the work. :class:`PhaseTimer` therefore brackets each phase
-with CUDA events and waits for the *end event only* (``event.synchronize()``), not for
-the whole device. On a CPU it uses :func:`time.perf_counter`. Once a phase's end event
-has completed, the host clock is in step with the device, so wall-clock readings taken
-between phases (time to first token, per-round latency) are honest too.
+with CUDA events, which the device stamps when it reaches them; it reads them once, when
+the seconds are asked for, so the loop it times is not slowed by waiting. On a CPU it uses
+:func:`time.perf_counter`. Wall-clock readings taken where the loop itself waits for the
+device (it must, once a round, to learn how many tokens were accepted) are honest too.
 
-Peak memory per phase is ``torch.cuda.max_memory_allocated`` on a GPU (reset at the
-start of each phase) and the process's resident set size at the end of the phase on a CPU.
+On request (``memory=True``), peak memory per phase is ``torch.cuda.max_memory_allocated``
+on a GPU (reset at the start of each phase) and the process's resident set size at the end
+of the phase on a CPU.
 
 For repeated measurements, :func:`time_call` times one call the same way (CUDA events, or
 :func:`time.perf_counter`), :func:`time_repeated` repeats it after warm-up calls that are
@@ -52,7 +53,12 @@ def memory_bytes(device: torch.device | str = "cpu") -> int:
 
 
 class PhaseTimer:
-    """Accumulates seconds and peak memory per named phase.
+    """Accumulates seconds (and, on request, peak memory) per named phase.
+
+    On a GPU each phase is bracketed by a pair of CUDA events; nothing waits for them
+    until :attr:`seconds` is read, so timing adds no synchronisation to the loop it
+    measures (read it once, at the end). ``memory=True`` also records the peak memory
+    of each phase, which costs a probe per phase.
 
     >>> timer = PhaseTimer("cpu")
     >>> with timer.phase("draft"):
@@ -61,33 +67,46 @@ class PhaseTimer:
     ['draft']
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", memory: bool = False):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.memory = memory
+        self._seconds: dict[str, float] = defaultdict(float)
+        self._events: list[tuple[str, Any, Any]] = []  # CUDA (phase, start, end), not yet read
         self.peak_bytes: dict[str, int] = defaultdict(int)
 
     @staticmethod
     def now() -> float:
         return time.perf_counter()
 
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase; on a GPU this waits for the last recorded event, once."""
+        if self._events:
+            self._events[-1][2].synchronize()
+            for name, start, end in self._events:
+                self._seconds[name] += start.elapsed_time(end) / 1e3
+            self._events.clear()
+        return self._seconds
+
     @contextmanager
     def phase(self, name: str):
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
+            if self.memory:
+                torch.cuda.reset_peak_memory_stats(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             yield
             end.record()
-            end.synchronize()  # wait for this phase's work, not for the whole device
-            self.seconds[name] += start.elapsed_time(end) / 1e3
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self._events.append((name, start, end))
+            peak = torch.cuda.max_memory_allocated(self.device) if self.memory else None
         else:
             t0 = time.perf_counter()
             yield
-            self.seconds[name] += time.perf_counter() - t0
-            peak = memory_bytes(self.device)
-        self.peak_bytes[name] = max(self.peak_bytes[name], peak)
+            self._seconds[name] += time.perf_counter() - t0
+            peak = memory_bytes(self.device) if self.memory else None
+        if peak is not None:
+            self.peak_bytes[name] = max(self.peak_bytes[name], peak)
 
 
 def _check_count(name: str, value, minimum: int) -> None:
@@ -141,6 +160,7 @@ def time_interleaved(
     warmup: int = 1,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    desc: str = "rounds",
 ) -> dict[str, list[float]]:
     """Time several methods in rounds, one call of each per round; returns seconds per method.
 
@@ -159,7 +179,7 @@ def time_interleaved(
     _check_count("warmup", warmup, 0)
     names = list(fns)
     out: dict[str, list[float]] = {name: [] for name in names}
-    for r in tqdm(range(warmup + repeats), desc="rounds", leave=False, disable=not progress):
+    for r in tqdm(range(warmup + repeats), desc=desc, leave=False, disable=not progress):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             seconds, _ = time_call(fns[name], device)

@@ -22,6 +22,10 @@ keyed on the file's path and modification time, so a regenerated file is re-read
 
 :func:`load_hub_prompts` loads two larger hub data sets for readers with internet
 access; without it, it raises :class:`HubUnavailableError`.
+
+A prompt reaches a model through :func:`encode_prompt` (one user turn in the tokenizer's chat
+template, then the assistant's generation prompt), and a reply ends at one of
+:func:`stop_token_ids` (EOS and the chat end-of-turn tokens).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DOMAINS",
@@ -45,6 +53,8 @@ __all__ = [
     "smollm2_tokenizer",
     "n_tokens",
     "cut_to_tokens",
+    "encode_prompt",
+    "stop_token_ids",
 ]
 
 DOMAINS = ("code", "conversation", "summarisation")
@@ -119,7 +129,7 @@ def load_all(n_per_domain: int | None = None) -> dict[str, list[dict]]:
 @lru_cache(maxsize=1)
 def smollm2_tokenizer():
     """The SmolLM2-135M-Instruct tokenizer (the offline model's), which counts passage tokens."""
-    from .models import load_smollm2_tokenizer
+    from .loaders import load_smollm2_tokenizer
 
     return load_smollm2_tokenizer()
 
@@ -202,3 +212,56 @@ def load_hub_prompts(name: str, n: int) -> list[dict]:
                         "source": f"{repo} {config}", "passage": passage,
                         "prompt": f"{SUMMARY_INSTRUCTION}\n\n{passage}"})
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens: how to encode a prompt, and when a reply stops
+# --------------------------------------------------------------------------------------------
+
+_CHAT_STOP_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>")
+
+
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """Token ids that end a reply: the tokenizer's EOS, the model's generation-config EOS
+    (an int or a list), and the chat end-of-turn tokens the tokenizer knows
+    (``<|eot_id|>`` for Llama-3, ``<|im_end|>`` for ChatML models such as SmolLM2,
+    ``<|end|>`` for Phi-3)."""
+    ids: set[int] = set()
+
+    def add(value):
+        if value is None:
+            return
+        if isinstance(value, (list, tuple, set)):
+            for v in value:
+                add(v)
+        else:
+            ids.add(int(value))
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    if model is not None:
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            add(generation_config.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for token in _CHAT_STOP_TOKENS:
+        if token in vocab:
+            ids.add(vocab[token])
+    return ids
+
+
+def encode_prompt(tokenizer, text: str, chat: bool = True) -> torch.Tensor:
+    """Token ids of a prompt as a 1-D LongTensor.
+
+    With ``chat=True`` and a tokenizer that has a chat template, ``text`` becomes one user
+    turn followed by the assistant's generation prompt; otherwise it is encoded as it is.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the prompt is empty: pass some text to encode")
+    if chat and getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        ids = encoded["input_ids"]
+    else:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return ids[0].long()

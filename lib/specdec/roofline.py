@@ -49,6 +49,7 @@ __all__ = [
     "StepCost",
     "GPU",
     "CostCurve",
+    "time_forwards",
     "model_shape",
     "param_count",
     "matmul_param_count",
@@ -124,7 +125,7 @@ def _config_of(config):
     if not hasattr(cfg, "model_type"):
         raise TypeError(
             f"expected a transformers config (or a model with .config), got {type(config).__name__}; "
-            "build one with specdec.models.model_config(key) or transformers.AutoConfig"
+            "build one with specdec.registry.model_config(key) or transformers.AutoConfig"
         )
     return cfg
 
@@ -464,49 +465,53 @@ class CostCurve:
         return tuple(m / base for m in self.ms)
 
 
-def _time_forwards(model, ns, context: int, repeats: int, warmup: int, seed: int, desc: str) -> dict[int, float]:
-    """Median seconds of a forward pass scoring ``n`` new tokens on top of a KV cache of exactly
-    ``context`` tokens, for each ``n`` in ``ns``. Repeats are interleaved across ``ns`` so that
-    slow drifts of the machine affect every ``n`` alike."""
-    from transformers import DynamicCache
+def time_forwards(models, ns, context: int, repeats: int = 5, warmup: int = 1, seed: int = 0,
+                  desc: str = "forward passes") -> dict[str, dict[int, list[float]]]:
+    """Seconds of a forward pass scoring ``n`` new tokens on top of a KV cache of exactly
+    ``context`` tokens, for each model in ``models`` (a mapping ``{name: model}``, or one model,
+    named ``"model"``) and each ``n`` in ``ns``: ``{name: {n: [seconds per repeat]}}``.
 
+    Each model reads through its own :class:`specdec.cache.CachedLM` (the loops' cache), rolled
+    back to ``context`` before every pass. All (model, n) combinations are timed interleaved
+    (:func:`specdec.profiling.time_interleaved`), so slow drifts of the machine affect each alike.
+    """
+    from .cache import CachedLM
+    from .profiling import time_interleaved
+
+    if not isinstance(models, dict):
+        models = {"model": models}
     ns = [_positive_int("number of tokens", n) for n in ns]
     repeats = _positive_int("repeats", repeats)
     if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
         raise ValueError(f"context must be a non-negative integer, got {context!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, Integral) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    if not hasattr(model, "config") or not callable(model):
-        raise TypeError(f"expected a transformers causal LM, got {type(model).__name__}")
-    param = next(model.parameters())
-    device = param.device
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and context + max(ns) > limit:
-        raise ValueError(f"context + tokens = {context + max(ns)} exceeds the model's {limit} positions")
-
+    fns, device = {}, None
     g = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    ctx_ids = torch.randint(vocab, (1, context), generator=g).to(device)
-    new_ids = {n: torch.randint(vocab, (1, n), generator=g).to(device) for n in ns}
-    times: dict[int, list[float]] = {n: [] for n in ns}
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
+    for name, model in models.items():
+        if not hasattr(model, "config") or not callable(model):
+            raise TypeError(f"expected a transformers causal LM, got {type(model).__name__}")
+        device = next(model.parameters()).device
+        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if limit is not None and context + max(ns) > limit:
+            raise ValueError(f"context + tokens = {context + max(ns)} exceeds the model's {limit} positions")
+        ids = torch.randint(model.config.vocab_size, (context + max(ns),), generator=g).tolist()
+        lm = CachedLM(model, capacity=context + max(ns))
         if context:
-            model(input_ids=ctx_ids, past_key_values=cache, use_cache=True)
-        with tqdm(total=(warmup + repeats) * len(ns), desc=desc, leave=False) as bar:
-            for i in range(warmup + repeats):
-                for n in ns:
-                    extra = cache.get_seq_length() - context
-                    if extra:
-                        cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    model(input_ids=new_ids[n], past_key_values=cache, use_cache=True)
-                    _sync(device)
-                    if i >= warmup:
-                        times[n].append(time.perf_counter() - t0)
-                    bar.update()
-    return {n: statistics.median(t) for n, t in times.items()}
+            lm.logits(ids[:context])
+        for n in ns:
+            def one_pass(lm=lm, ids=ids, n=n):
+                lm.crop(min(lm.length, context))
+                lm.logits(ids[: context + n], n_last=n)
+
+            fns[(name, n)] = one_pass
+    labels = {f"{name}, n={n}": (name, n) for name, n in fns}
+    times = time_interleaved({label: fns[key] for label, key in labels.items()}, repeats, warmup, device,
+                             progress=True, desc=desc)
+    out: dict[str, dict[int, list[float]]] = {name: {} for name in models}
+    for label, (name, n) in labels.items():
+        out[name][n] = times[label]
+    return out
 
 
 def measure_forward_ms(model, n_tokens: int = 1, context: int = 128, repeats: int = 5, warmup: int = 1,
@@ -514,7 +519,8 @@ def measure_forward_ms(model, n_tokens: int = 1, context: int = 128, repeats: in
     """Median milliseconds of one forward pass of ``model`` that scores ``n_tokens`` new tokens on
     top of a KV cache holding ``context`` tokens (the cache is cropped back to ``context`` before
     every repeat). ``n_tokens=1`` is one decode step."""
-    return _time_forwards(model, [n_tokens], context, repeats, warmup, seed, "forward")[n_tokens] * 1e3
+    seconds = time_forwards(model, [n_tokens], context, repeats, warmup, seed, "forward")["model"][n_tokens]
+    return statistics.median(seconds) * 1e3
 
 
 def verify_cost_curve(model, ks=(1, 2, 4, 8, 16), context: int = 128, repeats: int = 5, warmup: int = 1,
@@ -522,8 +528,8 @@ def verify_cost_curve(model, ks=(1, 2, 4, 8, 16), context: int = 128, repeats: i
     """Measured cost of scoring ``k`` tokens in one forward pass, for each ``k`` in ``ks`` (``k=1``
     is added as the baseline if missing). ``.relative`` gives the cost relative to ``k=1``."""
     ks = sorted({_positive_int("k", k) for k in ks} | {1})
-    seconds = _time_forwards(model, ks, context, repeats, warmup, seed, "verify cost")
-    return CostCurve(ks=tuple(ks), ms=tuple(seconds[k] * 1e3 for k in ks), context=int(context))
+    seconds = time_forwards(model, ks, context, repeats, warmup, seed, "verify cost")["model"]
+    return CostCurve(ks=tuple(ks), ms=tuple(statistics.median(seconds[k]) * 1e3 for k in ks), context=int(context))
 
 
 # --------------------------------------------------------------------------- the model's own matrices

@@ -20,7 +20,9 @@ __all__ = [
     "GREEDY",
     "probs_from_logits",
     "sample",
+    "next_token",
     "verify",
+    "verify_greedy",
     "output_distribution",
     "acceptance_probability",
     "total_variation",
@@ -88,6 +90,20 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return out.reshape(probs.shape[:-1])
 
 
+def next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The token after ``logits (..., V)``: the argmax when greedy, else a sample.
+
+    Greedy decoding takes the argmax directly; sampling from the one-hot distribution of
+    :func:`probs_from_logits` would give the same token at the price of a pass over the
+    vocabulary.
+    """
+    if params.greedy:
+        return logits.argmax(-1)
+    return sample(probs_from_logits(logits, params), generator)
+
+
 def verify(
     p: torch.Tensor,
     q: torch.Tensor,
@@ -131,6 +147,21 @@ def verify(
     # A rejection implies p < q somewhere, hence mass > 0; the fallback only guards round-off.
     residual = torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(mass.dtype).tiny), p.gather(-2, row).squeeze(-2))
     return n, sample(residual, generator)
+
+
+def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`verify` for ``temperature == 0``, on logits: the same answer, no distributions.
+
+    With one-hot ``p`` and ``q`` a drafted token is accepted exactly when it is the target's
+    argmax, and the token after the accepted prefix is the target's argmax there. Takes
+    ``target_logits (..., K+1, V)`` and ``draft (..., K)``; returns ``(n_accepted, next_token)``.
+    """
+    K = draft.shape[-1]
+    if target_logits.shape[-2] != K + 1:
+        raise ValueError(f"need K+1={K + 1} rows of target logits, got {tuple(target_logits.shape)}")
+    best = target_logits.argmax(-1)
+    n = (draft == best[..., :K]).long().cumprod(-1).sum(-1)
+    return n, best.gather(-1, n.unsqueeze(-1)).squeeze(-1)
 
 
 def acceptance_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,13 @@ numbers that argument needs:
 * :func:`decode_weight_bytes` -- the weight bytes one decode step reads when the decoder
   layers' linear layers are stored in a bitsandbytes format (``"nf4"``, ``"int8"``) and
   everything else (embeddings, output head, norms) stays in the compute dtype, as
-  :func:`specdec.models.quantized_copy` leaves it; :func:`stored_weight_bytes` counts the
+  :func:`specdec.quant.quantized_copy` leaves it; :func:`stored_weight_bytes` counts the
   same on a loaded model, quantisation state included, to check the formula;
 * :func:`acceptance_along` -- the acceptance probability of a draft at every position of a
   real text, from one forward pass of each model.
 
 Storage per weight matrix with ``n = out * in`` weights (bitsandbytes defaults, as
-:func:`specdec.models.quantized_copy` configures them):
+:func:`specdec.quant.quantized_copy` configures them):
 
 * ``nf4``: two 4-bit codes per byte, ``n / 2`` bytes, plus one float32 scale (``absmax``) per
   block of :data:`NF4_BLOCKSIZE` weights;
@@ -43,7 +43,7 @@ __all__ = [
 
 #: Bytes per weight of the unquantised formats.
 FLOAT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0}
-#: The bitsandbytes formats :func:`specdec.models.quantized_copy` makes.
+#: The bitsandbytes formats :func:`specdec.quant.quantized_copy` makes.
 QUANTIZED_FORMATS = ("int8", "nf4")
 #: Weights per float32 ``absmax`` scale in bitsandbytes' 4-bit formats.
 NF4_BLOCKSIZE = 64

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium_cdp import (CHROMIUM_FLAGS, CHROMIUM_NAMES, HTML_DIR, TIMEOUT_S, DevTools, Tab,
+from .chromium_cdp import (CHROMIUM_FLAGS, CHROMIUM_NAMES, HTML_DIR, TIMEOUT_S, DevTools, Tab,
                           find_chromium, in_ci, serve)
 
 

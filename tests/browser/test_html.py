@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium_cdp import HTML_DIR, REPO, SCREENSHOT_DIR, serve
+from .chromium_cdp import HTML_DIR, REPO, SCREENSHOT_DIR, serve
 
 INTRO = "book/intro.html"
 

@@ -1,0 +1,274 @@
+"""How lean the engine is: our loops against ``transformers``' in one run (chapter 5).
+
+:func:`run_engine_benchmark` times, on the same prompts and interleaved round robin,
+
+* our autoregressive loop against ``model.generate()``,
+* our prompt lookup against ``generate(prompt_lookup_num_tokens=K)``,
+* our loop with a model draft against ``generate(assistant_model=draft)``, same draft and K,
+
+each pair of methods with identical greedy output expected. Ours run the target on the path
+:func:`specdec.fastpath.choose_path` picked here; ``generate()`` runs the model as loaded, in
+the same dtype. It also records the time our speculative rounds spend outside the models'
+forward passes, the decode step against the bytes/bandwidth bound, and the draft's cost and
+acceptance. :func:`summarise_engine` turns the records into the ratios ``python -m
+specdec.bench engine`` prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .decoding import autoregressive_generate, speculative_generate
+from .drafters import ModelDrafter, NGramDrafter
+from .metrics import GenerationResult, speedup
+
+__all__ = ["forward_seconds", "PEERS", "run_engine_benchmark", "summarise_engine"]
+
+# (our method, the transformers method it is compared with)
+PEERS = (("autoregressive", "hf_autoregressive"), ("ngram", "hf_prompt_lookup"), ("draft", "hf_assisted"))
+
+
+@contextlib.contextmanager
+def forward_seconds(*models: torch.nn.Module):
+    """Collect the wall-clock seconds of every top-level forward pass of ``models``.
+
+    Yields a list that fills with one float per forward pass (on a CPU the clock is honest;
+    on a GPU the hooks would time launches, so this is a CPU measurement).
+    """
+    times: list[float] = []
+    starts: list[float] = []
+    handles = []
+    for m in models:
+        handles.append(m.register_forward_pre_hook(lambda mod, args: starts.append(time.perf_counter())))
+        handles.append(m.register_forward_hook(lambda mod, args, out: times.append(time.perf_counter() - starts.pop())))
+    try:
+        yield times
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _hf_greedy(model, prompt: torch.Tensor, max_new_tokens: int, stop_ids, method: str, **kwargs) -> GenerationResult:
+    """``generate()`` greedily, timed as our loops are (the first token's arrival streamed)."""
+    first: list[float] = []
+
+    class _FirstToken:
+        def __init__(self):
+            self.seen_prompt = False
+
+        def put(self, value):
+            if self.seen_prompt and not first:
+                first.append(time.perf_counter())
+            self.seen_prompt = True
+
+        def end(self):
+            pass
+
+    stops = sorted(stop_ids)
+    ids = prompt.view(1, -1)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             min_new_tokens=0, do_sample=False, eos_token_id=stops or None,
+                             pad_token_id=stops[0] if stops else 0, streamer=_FirstToken(), **kwargs)
+    total = time.perf_counter() - t0
+    return GenerationResult(method=method, tokens=out[0, ids.shape[1]:].tolist(), prompt_tokens=ids.shape[1],
+                            total_s=total, ttft_s=(first[0] - t0) if first else total)
+
+
+def run_engine_benchmark(
+    target: torch.nn.Module,
+    fast_target: torch.nn.Module,
+    draft: torch.nn.Module,
+    prompts: list[tuple[str, torch.Tensor]],
+    stop_ids=frozenset(),
+    max_new_tokens: int = 64,
+    k_ngram: int = 4,
+    k_draft: int = 4,
+    repeats: int = 3,
+    progress: bool = True,
+):
+    """One record per (prompt, repeat, method): tokens, total and decode seconds, and for our
+    speculative methods the rounds' seconds outside forward passes and the draft's steps.
+
+    ``target`` is the model as loaded (what ``generate()`` runs); ``fast_target`` the same model
+    on our chosen path (``target`` itself if the plain path won). Methods run round robin, the
+    order rotated every prompt and repeat. Returns a DataFrame.
+    """
+    import pandas as pd
+
+    if not prompts:
+        raise ValueError("need at least one prompt")
+    if repeats < 1 or max_new_tokens < 2:
+        raise ValueError("need repeats >= 1 and max_new_tokens >= 2")
+    stops = frozenset(stop_ids)
+    methods = [m for pair in PEERS for m in pair]
+
+    def ours(method, prompt):
+        with forward_seconds(fast_target, draft) as fwd:
+            if method == "autoregressive":
+                res = autoregressive_generate(fast_target, prompt, max_new_tokens, stop_ids=stops)
+            else:
+                drafter = NGramDrafter() if method == "ngram" else ModelDrafter(draft, name="draft")
+                k = k_ngram if method == "ngram" else k_draft
+                res = speculative_generate(fast_target, drafter, prompt, max_new_tokens, k, stop_ids=stops)
+        rounds = sum(res.round_latencies_s)
+        # forward passes inside the rounds: every one but the target's prefill (the first)
+        inside = sum(fwd[1:]) if res.round_latencies_s else 0.0
+        return dict(result=res, rounds_s=rounds, outside_s=max(0.0, rounds - inside) if rounds else np.nan,
+                    draft_s=res.phase_s.get("draft", 0.0), n_drafted=sum(res.drafted_per_round),
+                    n_accepted=sum(res.accepted_per_round), n_rounds=len(res.round_latencies_s),
+                    decode_steps_s=res.phase_s.get("decode", np.nan))
+
+    def theirs(method, prompt):
+        kwargs = {}
+        if method == "hf_prompt_lookup":
+            kwargs = dict(prompt_lookup_num_tokens=k_ngram, max_matching_ngram_size=NGramDrafter().max_ngram)
+        elif method == "hf_assisted":
+            kwargs = dict(assistant_model=draft, num_assistant_tokens=k_draft,
+                          num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+        return dict(result=_hf_greedy(target, prompt, max_new_tokens, stops, method, **kwargs))
+
+    rows = []
+    todo = [(r, pid, ids) for r in range(repeats) for pid, ids in prompts]
+    bar = tqdm(total=len(todo) * len(methods), desc="engine", disable=not progress)
+    _warm_up(ours, theirs, methods, prompts[0][1])
+    for i, (r, pid, ids) in enumerate(todo):
+        order = methods[i % len(methods):] + methods[: i % len(methods)]
+        for method in order:
+            rec = (theirs if method.startswith("hf_") else ours)(method, ids)
+            res = rec["result"]
+            rows.append(dict(prompt_id=pid, repeat=r, method=method, n_new=res.n_new,
+                             ms_per_token=1e3 / res.decode_tokens_per_s, **rec))
+            bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _warm_up(ours, theirs, methods, prompt) -> None:
+    for method in methods:
+        (theirs if method.startswith("hf_") else ours)(method, prompt)
+
+
+def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
+    """The engine's figures from :func:`run_engine_benchmark`'s records.
+
+    For each (ours, theirs) pair: the decode speedup (:func:`specdec.metrics.speedup`) per
+    prompt and repeat, its median over prompts (each prompt's median over repeats) and range,
+    and in how many runs the greedy tokens were identical. Then the median share of our
+    speculative rounds spent outside forward passes; our autoregressive ms per token and, given
+    ``step_bound_ms``, the bound over it; the draft's cost ratio c (one draft step over one
+    target decode step) and its acceptance (accepted over drafted tokens); and our speculative
+    methods' speedups over our autoregressive loop.
+    """
+    out: dict = {}
+    for mine, peer in PEERS + (("ngram", "autoregressive"), ("draft", "autoregressive")):
+        out[f"{mine}_vs_{peer}"] = _paired(df, mine, peer)
+    ar = df[df["method"] == "autoregressive"]
+    out["ms_per_token"] = float(ar["ms_per_token"].median())
+    if step_bound_ms:
+        out["step_bound_ms"] = float(step_bound_ms)
+        out["fraction_of_bound"] = float(step_bound_ms / out["ms_per_token"])
+    spec = df[df["method"].isin(["ngram", "draft"])]
+    out["outside_forward"] = {m: float((g["outside_s"] / g["rounds_s"]).median()) for m, g in spec.groupby("method")}
+    d = df[df["method"] == "draft"]
+    ar_step = (ar["decode_steps_s"] / (ar["n_new"] - 1)).median()
+    out["draft_cost_ratio"] = float((d["draft_s"] / d["n_drafted"].clip(lower=1)).median() / ar_step)
+    out["draft_acceptance"] = float(d["n_accepted"].sum() / max(1, d["n_drafted"].sum()))
+    return out
+
+
+def _paired(df, mine: str, peer: str) -> dict:
+    a = df[df["method"] == mine].set_index(["prompt_id", "repeat"])["result"]
+    b = df[df["method"] == peer].set_index(["prompt_id", "repeat"])["result"]
+    keys = a.index.intersection(b.index)
+    ratio = np.array([speedup(a[k], b[k]) for k in keys])
+    same = sum(a[k].tokens == b[k].tokens for k in keys)
+    by_prompt = {}
+    for (pid, _), x in zip(keys, ratio):
+        by_prompt.setdefault(pid, []).append(x)
+    return dict(median=float(np.median([np.median(v) for v in by_prompt.values()])), lo=float(ratio.min()),
+                hi=float(ratio.max()), identical=int(same), runs=len(keys))
+
+
+def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, repeats: int = 3, bits: int = 4,
+                  out: str | None = None, force: bool = False, command: str | None = None,
+                  progress: bool = True) -> dict:
+    """Measure everything :func:`summarise_engine` reports on the book's offline target.
+
+    Loads SmolLM2-135M-Instruct in float32, picks its fastest float32 path here
+    (:func:`specdec.fastpath.choose_path`), builds a ``bits``-bit weight-only copy as the model
+    draft (:func:`specdec.quant.weight_only_copy`), measures memory bandwidth (a 1 GiB read)
+    for the bytes bound, and times the three peers on the last ``n_prompts`` code prompts,
+    which no chapter uses. With ``out`` it writes the figures, the path table and provenance
+    as JSON; a file under ``data/results`` is refused on a busy machine unless ``force``.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from . import bench, fastpath, quant, roofline
+    from .loaders import load_smollm2
+    from .prompts import encode_prompt, load_prompts, stop_token_ids
+    from .selfspec import stored_weight_bytes
+
+    committed = out is not None and bench.is_committed_path(Path(out))
+    load_before = bench.load_average()
+    if committed and not force and load_before and load_before[0] > bench.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
+        raise bench.BusyMachineError(f"load average {load_before[0]} is too high to record {out}; "
+                                     "wait for a quiet machine or pass --force")
+    target, tokenizer = load_smollm2()
+    all_paths = fastpath.measure_paths(target, context=128, n_tokens=(1, 5), repeats=7)
+    path, _ = fastpath.choose_path(target, table=all_paths)
+    fast = fastpath.prepare(target, path)
+    draft = quant.weight_only_copy(target, bits)
+    bandwidth = roofline.measure_bandwidth(2**30, method="sum")
+    weight_bytes = stored_weight_bytes(target)
+    bound_ms = 1e3 * weight_bytes / bandwidth
+    texts = load_prompts("code")[-n_prompts:]
+    prompts = [(p["id"], encode_prompt(tokenizer, p["prompt"])) for p in texts]
+    stops = frozenset(stop_token_ids(tokenizer, target))
+    df = run_engine_benchmark(target, fast, draft, prompts, stops, max_new_tokens, k, k, repeats, progress)
+    figures = summarise_engine(df, bound_ms)
+    report = dict(
+        figures=figures, path=path.to_dict(), paths=all_paths.to_dict("records"),
+        bandwidth_gb_s=bandwidth / 1e9, weight_bytes=weight_bytes, draft_bits=bits,
+        draft_weight_bytes=stored_weight_bytes(draft), n_prompts=len(prompts), max_new_tokens=max_new_tokens,
+        k=k, repeats=repeats, threads=torch.get_num_threads(),
+        records=df.drop(columns=["result"]).assign(tokens=[r.tokens for r in df["result"]]).to_dict("records"),
+        provenance={**bench.provenance(command=command), "load_average_before": load_before,
+                    "load_average_after": bench.load_average(), "forced": bool(force)},
+    )
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The figures of :func:`engine_report` as lines of text."""
+    f = report["figures"]
+    lines = [f"target path chosen here: {report['path']['dtype']}, {report['path']['linear']} linear layers "
+             f"({report['threads']} threads)"]
+    names = {"autoregressive": "our autoregressive loop", "ngram": "our prompt lookup",
+             "draft": f"our loop, int{report['draft_bits']} draft", "hf_autoregressive": "generate()",
+             "hf_prompt_lookup": "generate(prompt_lookup_num_tokens)", "hf_assisted": "generate(assistant_model)",
+             "autoregressive_": "our autoregressive loop"}
+    for key, v in f.items():
+        if isinstance(v, dict) and "median" in v:
+            mine, peer = key.split("_vs_")
+            lines.append(f"{names[mine]:>34} vs {names.get(peer, peer):<36} {v['median']:.2f}x "
+                         f"(range {v['lo']:.2f}-{v['hi']:.2f}; identical tokens in {v['identical']}/{v['runs']})")
+    lines.append(f"decode step {f['ms_per_token']:.1f} ms/token; bytes/bandwidth bound {f['step_bound_ms']:.1f} ms "
+                 f"({report['weight_bytes'] / 1e6:.0f} MB at {report['bandwidth_gb_s']:.1f} GB/s): "
+                 f"{100 * f['fraction_of_bound']:.0f} % of the bound")
+    for m, share in f["outside_forward"].items():
+        lines.append(f"time outside forward passes, {names[m]}: {100 * share:.1f} % of its rounds")
+    lines.append(f"int{report['draft_bits']} draft: cost ratio c = {f['draft_cost_ratio']:.2f}, "
+                 f"acceptance {f['draft_acceptance']:.2f}")
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 One module per idea, in the order the book teaches them:
 
 * :mod:`specdec.roofline`  -- FLOPs, bytes and arithmetic intensity of a decode step (ch. 1)
-* :mod:`specdec.cache`     -- a model with its KV cache, and rolling it back (ch. 2)
+* :mod:`specdec.cache`     -- a model with its KV cache (preallocated or dynamic), and rolling it back (ch. 2)
 * :mod:`specdec.sampling`  -- logits to probabilities, the rejection step (ch. 3)
 * :mod:`specdec.drafters`  -- who proposes tokens: a model, or prompt lookup (ch. 4)
 * :mod:`specdec.decoding`  -- the autoregressive and the speculative loop (ch. 4)
@@ -14,6 +14,8 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.synthetic` -- first-layers drafts, random-weight models, synthetic pairs (ch. 2-9)
 * :mod:`specdec.quant`     -- weight-only quantized copies of a model, as drafts (ch. 9)
 * :mod:`specdec.profiling` -- timers and memory per phase (ch. 5)
+* :mod:`specdec.fastpath`  -- the target's compute path (dtype, packed weights), chosen by measuring (ch. 5)
+* :mod:`specdec.enginebench` -- our loops against transformers' generate() in one run (ch. 5)
 * :mod:`specdec.metrics`   -- GenerationResult, the one speedup definition, JSON lines (ch. 5-7)
 * :mod:`specdec.profiles`  -- the workload switch SPECDEC_PROFILE and its sweeps (all chapters)
 * :mod:`specdec.bench`     -- the benchmark harness: sweeps, timing, provenance (ch. 6-7)

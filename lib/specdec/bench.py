@@ -692,7 +692,31 @@ def main(argv: list[str] | None = None) -> int:
                      help="record a file under data/results although the machine is busy (the provenance says so)")
     summ = sub.add_parser("summary", help="print speedup and acceptance tables of a results file")
     summ.add_argument("results")
+    eng = sub.add_parser("engine", help="our loops against transformers generate() on the offline target, "
+                                        "with the fraction of the bandwidth bound and the int4/int8 draft")
+    eng.add_argument("--out", help="write the figures as JSON, e.g. data/results/engine_cpu.json")
+    eng.add_argument("--n-prompts", type=cli.positive_int, default=12, help="code prompts (the last ones)")
+    eng.add_argument("--max-new-tokens", type=cli.int_range(2, 1024), default=64)
+    eng.add_argument("--k", type=cli.int_range(1, 16), default=4, help="tokens drafted per round")
+    eng.add_argument("--repeats", type=cli.positive_int, default=3)
+    eng.add_argument("--bits", type=int, choices=(8, 4), default=4, help="the draft's weight bits")
+    eng.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)
+
+    if args.command == "engine":
+        from .enginebench import engine_report, format_report
+
+        try:
+            report = engine_report(args.n_prompts, args.max_new_tokens, args.k, args.repeats, args.bits,
+                                   args.out, args.force, command=shlex.join(["python", "-m", "specdec.bench",
+                                                                             *(argv or sys.argv[1:])]))
+        except BusyMachineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        except ValueError as err:
+            eng.error(str(err))
+        print(format_report(report))
+        return 0
 
     if args.command == "summary":
         if not Path(args.results).is_file():

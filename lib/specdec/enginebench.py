@@ -78,7 +78,7 @@ def _hf_greedy(model, prompt: torch.Tensor, max_new_tokens: int, stop_ids, metho
                              pad_token_id=stops[0] if stops else 0, streamer=_FirstToken(), **kwargs)
     total = time.perf_counter() - t0
     return GenerationResult(method=method, tokens=out[0, ids.shape[1]:].tolist(), prompt_tokens=ids.shape[1],
-                            total_s=total, ttft_s=(first[0] - t0) if first else total)
+                            total_s=total, ttft_s=(first[0] - t0) if first else total, token_latencies_s=[])
 
 
 def run_engine_benchmark(
@@ -158,9 +158,12 @@ def _warm_up(ours, theirs, methods, prompt) -> None:
 def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
     """The engine's figures from :func:`run_engine_benchmark`'s records.
 
-    For each (ours, theirs) pair: the decode speedup (:func:`specdec.metrics.speedup`) per
-    prompt and repeat, its median over prompts (each prompt's median over repeats) and range,
-    and in how many runs the greedy tokens were identical. Then the median share of our
+    For each (ours, theirs) pair: the decode and the end-to-end speedup
+    (:func:`specdec.metrics.speedup`), each as the median over prompts of each prompt's median
+    over repeats, with the range over all runs; which of the two is the headline; and in how
+    many runs the greedy tokens were identical. The headline is decode-only except against
+    ``transformers``' speculative methods, which run their prefill inside the first round, so
+    that their time to first token includes a round and only end to end compares like with like. Then the median share of our
     speculative rounds spent outside forward passes; our autoregressive ms per token and, given
     ``step_bound_ms``, the bound over it; the draft's cost ratio c (one draft step over one
     target decode step) and its acceptance (accepted over drafted tokens); and our speculative
@@ -187,13 +190,19 @@ def _paired(df, mine: str, peer: str) -> dict:
     a = df[df["method"] == mine].set_index(["prompt_id", "repeat"])["result"]
     b = df[df["method"] == peer].set_index(["prompt_id", "repeat"])["result"]
     keys = a.index.intersection(b.index)
-    ratio = np.array([speedup(a[k], b[k]) for k in keys])
     same = sum(a[k].tokens == b[k].tokens for k in keys)
-    by_prompt = {}
-    for (pid, _), x in zip(keys, ratio):
-        by_prompt.setdefault(pid, []).append(x)
-    return dict(median=float(np.median([np.median(v) for v in by_prompt.values()])), lo=float(ratio.min()),
-                hi=float(ratio.max()), identical=int(same), runs=len(keys))
+    out = dict(identical=int(same), runs=len(keys))
+    for name, e2e in (("decode", False), ("e2e", True)):
+        ratio = np.array([speedup(a[k], b[k], end_to_end=e2e) for k in keys])
+        by_prompt: dict = {}
+        for (pid, _), x in zip(keys, ratio):
+            by_prompt.setdefault(pid, []).append(x)
+        out[name] = dict(median=float(np.median([np.median(v) for v in by_prompt.values()])),
+                         lo=float(ratio.min()), hi=float(ratio.max()))
+    # transformers' speculative methods prefill inside their first round, so their first token
+    # arrives only after it: for them only the end-to-end ratio compares like with like
+    out["headline"] = "e2e" if peer in ("hf_prompt_lookup", "hf_assisted") else "decode"
+    return out
 
 
 def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, repeats: int = 3, bits: int = 4,
@@ -203,7 +212,8 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
 
     Loads SmolLM2-135M-Instruct in float32, picks its fastest float32 path here
     (:func:`specdec.fastpath.choose_path`), builds a ``bits``-bit weight-only copy as the model
-    draft (:func:`specdec.quant.weight_only_copy`), measures memory bandwidth (a 1 GiB read)
+    draft (:func:`specdec.quant.fastest_weight_only_copy`: float32 or bfloat16 activations,
+    whichever steps faster here), measures memory bandwidth (the fastest of nine 1 GiB reads)
     for the bytes bound, and times the three peers on the last ``n_prompts`` code prompts,
     which no chapter uses. With ``out`` it writes the figures, the path table and provenance
     as JSON; a file under ``data/results`` is refused on a busy machine unless ``force``.
@@ -217,6 +227,9 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     from .prompts import encode_prompt, load_prompts, stop_token_ids
     from .selfspec import stored_weight_bytes
 
+    available = len(load_prompts("code"))
+    if not 1 <= n_prompts <= available:
+        raise ValueError(f"n_prompts must be between 1 and {available} (the code prompts there are), got {n_prompts}")
     committed = out is not None and bench.is_committed_path(Path(out))
     load_before = bench.load_average()
     if committed and not force and load_before and load_before[0] > bench.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
@@ -226,8 +239,10 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     all_paths = fastpath.measure_paths(target, context=128, n_tokens=(1, 5), repeats=7)
     path, _ = fastpath.choose_path(target, table=all_paths)
     fast = fastpath.prepare(target, path)
-    draft = quant.weight_only_copy(target, bits)
-    bandwidth = roofline.measure_bandwidth(2**30, method="sum")
+    draft, draft_steps = quant.fastest_weight_only_copy(target, bits, repeats=7)
+    draft_dtype = str(next(draft.parameters()).dtype).removeprefix("torch.")
+    # the bound is the best the memory delivered: the fastest of the reads, not their median
+    bandwidth = roofline.measure_bandwidth(2**30, repeats=9, method="sum", summary="min")
     weight_bytes = stored_weight_bytes(target)
     bound_ms = 1e3 * weight_bytes / bandwidth
     texts = load_prompts("code")[-n_prompts:]
@@ -237,7 +252,8 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     figures = summarise_engine(df, bound_ms)
     report = dict(
         figures=figures, path=path.to_dict(), paths=all_paths.to_dict("records"),
-        bandwidth_gb_s=bandwidth / 1e9, weight_bytes=weight_bytes, draft_bits=bits,
+        bandwidth_gb_s=bandwidth / 1e9, weight_bytes=weight_bytes, draft_bits=bits, draft_dtype=draft_dtype,
+        draft_step_ms=draft_steps,
         draft_weight_bytes=stored_weight_bytes(draft), n_prompts=len(prompts), max_new_tokens=max_new_tokens,
         k=k, repeats=repeats, threads=torch.get_num_threads(),
         records=df.drop(columns=["result"]).assign(tokens=[r.tokens for r in df["result"]]).to_dict("records"),
@@ -260,15 +276,18 @@ def format_report(report: dict) -> str:
              "hf_prompt_lookup": "generate(prompt_lookup_num_tokens)", "hf_assisted": "generate(assistant_model)",
              "autoregressive_": "our autoregressive loop"}
     for key, v in f.items():
-        if isinstance(v, dict) and "median" in v:
+        if isinstance(v, dict) and "headline" in v:
             mine, peer = key.split("_vs_")
-            lines.append(f"{names[mine]:>34} vs {names.get(peer, peer):<36} {v['median']:.2f}x "
-                         f"(range {v['lo']:.2f}-{v['hi']:.2f}; identical tokens in {v['identical']}/{v['runs']})")
+            h, other = v["headline"], "e2e" if v["headline"] == "decode" else "decode"
+            lines.append(f"{names[mine]} vs {names.get(peer, peer)}: {v[h]['median']:.2f}x {h} "
+                         f"(range {v[h]['lo']:.2f}-{v[h]['hi']:.2f}; {other} {v[other]['median']:.2f}x); "
+                         f"identical tokens in {v['identical']}/{v['runs']} runs")
     lines.append(f"decode step {f['ms_per_token']:.1f} ms/token; bytes/bandwidth bound {f['step_bound_ms']:.1f} ms "
                  f"({report['weight_bytes'] / 1e6:.0f} MB at {report['bandwidth_gb_s']:.1f} GB/s): "
                  f"{100 * f['fraction_of_bound']:.0f} % of the bound")
     for m, share in f["outside_forward"].items():
         lines.append(f"time outside forward passes, {names[m]}: {100 * share:.1f} % of its rounds")
-    lines.append(f"int{report['draft_bits']} draft: cost ratio c = {f['draft_cost_ratio']:.2f}, "
-                 f"acceptance {f['draft_acceptance']:.2f}")
+    steps = ", ".join(f"{d} activations {ms:.1f} ms" for d, ms in report["draft_step_ms"].items())
+    lines.append(f"int{report['draft_bits']} draft ({steps}; chosen: {report['draft_dtype']}): "
+                 f"cost ratio c = {f['draft_cost_ratio']:.2f}, acceptance {f['draft_acceptance']:.2f}")
     return "\n".join(lines)

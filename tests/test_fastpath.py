@@ -187,3 +187,28 @@ def test_greedy_speculative_equals_the_target_on_a_gpu(tiny_target, tiny_drafts)
     sampled = speculative_generate(target, ModelDrafter(drafts["other"]), PROMPT, 40, 4,
                                    SamplingParams(temperature=1.0), seed=1)
     assert len(sampled.tokens) == 40
+
+
+# --- the engine benchmark ---------------------------------------------------------------------
+
+
+def test_engine_benchmark_pairs_every_method_with_its_peer(tiny_target, tiny_drafts):
+    from specdec.enginebench import PEERS, run_engine_benchmark, summarise_engine
+
+    fast = fastpath.prepare(tiny_target, fastpath.Path(linear="packed")) if fastpath.packing_available() \
+        else tiny_target
+    prompts = [("p0", PROMPT), ("p1", PROMPT.flip(0))]
+    df = run_engine_benchmark(tiny_target, fast, tiny_drafts["other"], prompts, max_new_tokens=12,
+                              repeats=2, progress=False)
+    methods = [m for pair in PEERS for m in pair]
+    assert sorted(df["method"].unique()) == sorted(methods)
+    assert len(df) == 2 * 2 * len(methods)  # prompts x repeats x methods
+    out = summarise_engine(df, step_bound_ms=1.0)
+    for mine, peer in PEERS:
+        v = out[f"{mine}_vs_{peer}"]
+        assert v["runs"] == 4 and v["identical"] == 4, (mine, peer)  # greedy: the same tokens
+        assert v["decode"]["lo"] <= v["decode"]["median"] <= v["decode"]["hi"]
+        assert v["headline"] == ("decode" if peer == "hf_autoregressive" else "e2e")
+    assert 0 <= out["draft_acceptance"] <= 1 and out["draft_cost_ratio"] > 0
+    assert all(0 <= share < 1 for share in out["outside_forward"].values())
+    assert out["fraction_of_bound"] == pytest.approx(1.0 / out["ms_per_token"])

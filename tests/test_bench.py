@@ -257,3 +257,27 @@ def test_gpu_cost_script_refuses_full_shapes_without_a_gpu(tmp_path):
     with pytest.raises(SystemExit, match="--tiny"):
         _gpu_cost_script().main(["--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_engine_path_runs_our_loops_and_leaves_generate_on_the_loaded_model():
+    from specdec import fastpath
+
+    from .helpers import tiny_llama
+
+    class Tokenizer:  # what run_config asks of one
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    target = tiny_llama(n_layers=2)
+    pair = bench.BenchPair("smollm2_ngram", None, target, tokenizer=Tokenizer())
+    assert pair.engine is target and pair.path == fastpath.PLAIN
+    path = pair.use_engine_path()
+    assert path == pair.path and path.dtype == "float32" and set(pair.path_table["path"]) >= {path.label}
+    assert pair.target is target and (pair.engine is target) == (path == fastpath.PLAIN)
+    prompt = __import__("torch").arange(5)
+    common = dict(pair="smollm2_ngram", domain="code", prompt_id="code/0", max_new_tokens=6)
+    ar = bench.run_config(pair, bench.BenchmarkConfig(method="autoregressive", k=0, **common), prompt)
+    spec = bench.run_config(pair, bench.BenchmarkConfig(method="speculative", k=3, **common), prompt)
+    hf = bench.run_config(pair, bench.BenchmarkConfig(method="hf_autoregressive", k=0, **common), prompt)
+    assert ar.meta["path"] == spec.meta["path"] == path.label and hf.meta["path"] == "as loaded"
+    assert ar.tokens == spec.tokens == hf.tokens

@@ -17,9 +17,13 @@ included):
 
 * ``autoregressive`` -- :func:`specdec.decoding.autoregressive_generate`, the baseline;
 * ``speculative``    -- :func:`specdec.decoding.speculative_generate` with the pair's drafter;
+  both of ours run the target on the path :func:`specdec.fastpath.choose_path` picked on this
+  machine (:meth:`BenchPair.use_engine_path`; the record's ``meta["path"]`` names it), so their
+  speedup compares like with like;
 * ``hf_autoregressive`` -- ``model.generate()`` of ``transformers``, its own baseline;
 * ``hf_assisted``    -- ``model.generate(assistant_model=draft)`` with K draft tokens a round;
-* ``hf_prompt_lookup`` -- ``model.generate(prompt_lookup_num_tokens=K)`` for the n-gram pair.
+* ``hf_prompt_lookup`` -- ``model.generate(prompt_lookup_num_tokens=K)`` for the n-gram pair;
+  the three ``hf_`` methods run the target as loaded, as a reader calling ``generate()`` would.
 
 Pairs are the registry's (:data:`specdec.registry.PAIRS`, loaded by
 :func:`specdec.loaders.load_pair`) and synthetic pairs named ``synthetic-eps<knob>``
@@ -246,7 +250,11 @@ def _is_ngram(pair: str) -> bool:
 
 @dataclass
 class BenchPair:
-    """A loaded pair: draft (None for prompt lookup), target, tokenizer (None when synthetic)."""
+    """A loaded pair: draft (None for prompt lookup), target, tokenizer (None when synthetic).
+
+    ``engine`` is the target on the path our loops run it on (:meth:`use_engine_path`); until
+    a path is chosen it is the target as loaded. ``generate()`` always runs ``target``.
+    """
 
     name: str
     draft: torch.nn.Module | None
@@ -254,6 +262,30 @@ class BenchPair:
     tokenizer: object | None
     stop_ids: frozenset = frozenset()
     one_thread: bool = False  # tiny models: one CPU thread is faster (and reproducible)
+    engine: torch.nn.Module | None = None
+    path: object = None  # the specdec.fastpath.Path of ``engine``
+    path_table: object = None  # the measurements it was chosen from
+
+    def __post_init__(self):
+        from .fastpath import PLAIN
+
+        if self.engine is None:
+            self.engine, self.path = self.target, PLAIN
+
+    def use_engine_path(self):
+        """Measure the target's paths here (:func:`specdec.fastpath.choose_path`, the model's
+        own dtype) and run our loops on the fastest; returns the chosen path. Synthetic pairs
+        keep the plain path: their tiny models run on one thread, where packing buys nothing
+        worth measuring."""
+        from .fastpath import PLAIN, choose_path, prepare
+
+        if self.synthetic:
+            self.engine, self.path = self.target, PLAIN
+            return self.path
+        with _threads(self.one_thread):
+            self.path, self.path_table = choose_path(self.target)
+        self.engine = prepare(self.target, self.path)
+        return self.path
 
     @property
     def synthetic(self) -> bool:
@@ -379,9 +411,9 @@ def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> G
         raise ValueError(f"config is for pair {cfg.pair!r} but pair {pair.name!r} is loaded")
     with _threads(pair.one_thread):
         if cfg.method == "autoregressive":
-            res = autoregressive_generate(pair.target, prompt, cfg.max_new_tokens, cfg.params, pair.stop_ids, cfg.seed)
+            res = autoregressive_generate(pair.engine, prompt, cfg.max_new_tokens, cfg.params, pair.stop_ids, cfg.seed)
         elif cfg.method == "speculative":
-            res = speculative_generate(pair.target, pair.drafter(), prompt, cfg.max_new_tokens, cfg.k, cfg.params,
+            res = speculative_generate(pair.engine, pair.drafter(), prompt, cfg.max_new_tokens, cfg.k, cfg.params,
                                        pair.stop_ids, cfg.seed)
         else:
             if cfg.method == "hf_prompt_lookup" and pair.draft is not None:
@@ -389,7 +421,8 @@ def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> G
             res = _hf_generate(pair, cfg, prompt)
     if pair.tokenizer is not None:
         res.text = pair.tokenizer.decode(res.tokens, skip_special_tokens=True)
-    res.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash)
+    res.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash,
+                    path=pair.path.label if cfg.method in OUR_METHODS else "as loaded")
     return res
 
 
@@ -511,6 +544,9 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
     it ends, with their ``repeat`` index and the cores other processes kept busy meanwhile
     (``others_cpu``); a sweep that stops half-way resumes at the first unfinished unit.
 
+    Our methods run each pair's target on the path measured fastest here
+    (:meth:`BenchPair.use_engine_path`); the provenance record keeps each pair's path table.
+
     ``max_load``: refuse to start (:class:`BusyMachineError`) while the 1-minute load average
     is above it, unless ``force``; the provenance record then says the run was forced. Use it
     for files others will read as measurements (the command line does so under data/results).
@@ -533,7 +569,7 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
     done = completed_hashes(out)
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S-") + os.urandom(3).hex()
     record = provenance(plan, command, plan.device)
-    record.update(run_id=run_id, skipped_pairs={}, n_new_records=0, finished=None, load_average_start=load,
+    record.update(run_id=run_id, skipped_pairs={}, paths={}, n_new_records=0, finished=None, load_average_start=load,
                   max_load=max_load, forced_while_busy=bool(busy))
     _write_provenance(out, record)  # a run in progress is already described
     n_new, others = 0, []
@@ -551,6 +587,10 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
             units = plan.pending(name, {d: [pid for pid, _ in v] for d, v in prompts.items()}, done, pair.dtype)
             if not units:
                 continue
+            path = pair.use_engine_path()
+            record["paths"][name] = dict(chosen=path.label, table=None if pair.path_table is None else
+                                         pair.path_table.round(3).to_dict(orient="records"))
+            _write_provenance(out, record)
             _warm_up(pair, [c for _, block in units for c in block], by_id)
             bar = tqdm(total=sum(len(b) for _, b in units), desc=name, disable=not progress)
             for r, block in units:

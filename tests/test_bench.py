@@ -281,3 +281,18 @@ def test_engine_path_runs_our_loops_and_leaves_generate_on_the_loaded_model():
     hf = bench.run_config(pair, bench.BenchmarkConfig(method="hf_autoregressive", k=0, **common), prompt)
     assert ar.meta["path"] == spec.meta["path"] == path.label and hf.meta["path"] == "as loaded"
     assert ar.tokens == spec.tokens == hf.tokens
+
+
+def test_a_killed_run_is_closed_by_the_next(tmp_path):
+    out = tmp_path / "r.jsonl"
+    plan = _tiny_plan(hf_peers=False, n_repeats=1)
+    bench.run_sweep(plan, out, progress=False)
+    prov_path = bench.provenance_path(out)
+    prov = json.loads(prov_path.read_text())
+    # what a process killed mid-run leaves behind: its record as written at the start
+    prov["runs"][0].update(finished=None, n_new_records=0)
+    prov_path.write_text(json.dumps(prov))
+    bench.run_sweep(plan, out, progress=False)  # nothing left to run, but it closes the open record
+    runs = json.loads(prov_path.read_text())["runs"]
+    assert runs[0]["finished"] == "interrupted" and runs[0]["n_new_records"] == len(read_jsonl(out)) == 3
+    assert runs[1]["finished"] not in (None, "interrupted")

@@ -567,6 +567,7 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
             f"timings made now would not be measurements of this code; wait for a quiet machine or force it")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = completed_hashes(out)
+    _close_interrupted_runs(out)
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S-") + os.urandom(3).hex()
     record = provenance(plan, command, plan.device)
     record.update(run_id=run_id, skipped_pairs={}, paths={}, n_new_records=0, finished=None, load_average_start=load,
@@ -617,6 +618,28 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
                       finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         _write_provenance(out, record)
     return out
+
+
+def _close_interrupted_runs(out: Path) -> None:
+    """Complete the provenance records of earlier runs on ``out`` that never finished (the
+    process was killed before its ``finally``): their ``n_new_records`` is counted from the
+    results file, and ``finished`` says they were interrupted."""
+    path = provenance_path(out)
+    if not path.is_file():
+        return
+    runs = json.loads(path.read_text())["runs"]
+    open_runs = [r for r in runs if r.get("finished") is None and r.get("run_id")]
+    if not open_runs:
+        return
+    counts: dict[str, int] = {}
+    for res in (read_jsonl(out) if out.is_file() else []):
+        rid = res.meta.get("run_id")
+        counts[rid] = counts.get(rid, 0) + 1
+    for r in open_runs:
+        r.update(n_new_records=counts.get(r["run_id"], 0), finished="interrupted",
+                 interrupted_note="stopped before it could complete this record; n_new_records counted "
+                                  "from the results file when the next run started")
+        _write_provenance(out, r)
 
 
 def _warm_up(pair: BenchPair, todo: list[BenchmarkConfig], by_id: dict) -> None:
@@ -788,11 +811,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if is_committed_path(out) else None
     command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    import signal
+
+    def _terminate(signum, frame):  # a SIGTERM stops the sweep as Ctrl-C does: records kept, provenance closed
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         path = run_sweep(plan, out, command=command, max_load=max_load, force=args.force)
+    except KeyboardInterrupt as err:
+        print(f"{ap.prog}: stopped ({err or 'interrupted'}); run the same command again to resume", file=sys.stderr)
+        return 130
     except BusyMachineError as err:
         print(f"{ap.prog}: {err} (--force records anyway, and says so in the provenance)", file=sys.stderr)
         return 3
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"results: {path}  provenance: {provenance_path(path)}")
     return 0
 

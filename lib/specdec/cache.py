@@ -22,6 +22,12 @@ Two kinds of cache sit under that rule, both speaking the transformers Cache API
 The tokens the cache holds are kept on the host (a Python list), so checking the common
 prefix costs no device synchronisation; :meth:`CachedLM.advance` feeds tokens that still
 live on the device (a drafter's own samples) and reads their ids back only when needed.
+
+A drafter that reads the target's hidden states (chapter 10's head) asks for them with
+``feature_layers``: every forward pass then also keeps those decoder layers' outputs for the
+positions it fed, in a buffer aligned with the cache and rolled back with it
+(:meth:`CachedLM.features`). The verify pass that scores a draft thereby also yields the
+features of the positions it accepts, with no second pass.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["CACHE_KINDS", "CachedLM", "PreallocatedCache", "PreallocatedLayer", "cache_bytes"]
+__all__ = ["CACHE_KINDS", "CachedLM", "PreallocatedCache", "PreallocatedLayer", "cache_bytes", "decoder_layers"]
 
 CACHE_KINDS = ("preallocated", "dynamic")
 
@@ -111,7 +117,8 @@ class CachedLM:
 
     ``cache`` is ``"preallocated"`` (:class:`PreallocatedCache`, the default) or
     ``"dynamic"`` (:class:`transformers.DynamicCache`); ``capacity`` is how many tokens the
-    preallocated buffers hold before they first grow.
+    preallocated buffers hold before they first grow. ``feature_layers``: indices of decoder
+    layers (ascending) whose outputs to keep for every cached position (:meth:`features`).
     """
 
     def __init__(
@@ -120,9 +127,17 @@ class CachedLM:
         max_length: int | None = None,
         cache: str = "preallocated",
         capacity: int = 256,
+        feature_layers: tuple[int, ...] = (),
     ):
         if cache not in CACHE_KINDS:
             raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
+        self.feature_layers = tuple(feature_layers)
+        if self.feature_layers:
+            n = len(decoder_layers(model))
+            if list(self.feature_layers) != sorted(set(self.feature_layers)) or not all(
+                    isinstance(i, int) and 0 <= i < n for i in self.feature_layers):
+                raise ValueError(f"feature_layers must be distinct ascending layer indices in [0, {n}), "
+                                 f"got {feature_layers!r}")
         self.model = model
         self.kind = cache
         self.capacity = capacity
@@ -146,6 +161,7 @@ class CachedLM:
         self._tokens: list[int] = []
         self._pending: list[torch.Tensor] = []  # fed tokens whose ids are still on the device
         self._n_pending = 0
+        self._features: torch.Tensor | None = None  # (room, len(feature_layers) * hidden)
 
     def _resolve(self) -> None:
         if self._pending:
@@ -170,14 +186,47 @@ class CachedLM:
             return n
         return next(i for i, (a, b) in enumerate(zip(mine, seq)) if a != b)
 
+    def features(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """The kept layers' outputs ``(end - start, len(feature_layers) * hidden)`` for cached
+        positions ``start .. end - 1``, the layers side by side in ``feature_layers`` order."""
+        end = self.length if end is None else end
+        if not self.feature_layers:
+            raise ValueError("this CachedLM keeps no features: build it with feature_layers")
+        if not 0 <= start <= end <= self.length:
+            raise ValueError(f"positions {start}..{end} are not all cached (the cache holds {self.length})")
+        if self._features is None:
+            return torch.empty(0, 0, device=self.device)
+        return self._features[start:end]
+
     def _forward(self, new: torch.Tensor, n_last: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=new.view(1, -1),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=n_last,  # skip the LM head where no prediction is needed
-        )
+        captured: list[torch.Tensor] = []
+        hooks = [decoder_layers(self.model)[i].register_forward_hook(
+            lambda mod, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
+            for i in self.feature_layers]
+        start = self.length
+        try:
+            out = self.model(
+                input_ids=new.view(1, -1),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=n_last,  # skip the LM head where no prediction is needed
+            )
+        finally:
+            for h in hooks:
+                h.remove()
+        if captured:
+            self._keep_features(start, torch.cat(captured, -1)[0])
         return out.logits[0, -n_last:]
+
+    def _keep_features(self, start: int, feats: torch.Tensor) -> None:
+        end = start + len(feats)
+        if self._features is None or end > len(self._features):
+            room = max(end, self.capacity, 2 * (0 if self._features is None else len(self._features)))
+            grown = feats.new_empty(room, feats.shape[-1])
+            if self._features is not None:
+                grown[:start] = self._features[:start]
+            self._features = grown
+        self._features[start:end] = feats
 
     @torch.inference_mode()
     def logits(self, seq, n_last: int = 1, suffix: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,6 +283,14 @@ def _as_list(seq) -> list[int]:
     if seq.ndim != 1:
         raise ValueError(f"need a 1-D sequence of token ids, got shape {tuple(seq.shape)}")
     return seq.tolist()
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a transformers causal LM (``model.model.layers``)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no model.layers: features need a decoder-only transformers LM")
+    return layers
 
 
 def cache_bytes(cache) -> int:

@@ -72,13 +72,19 @@ def speculative_generate(
     """Speculative decoding: ``drafter`` proposes up to ``k`` tokens a round, ``target`` verifies.
 
     The host waits for the device once a round, to learn what was accepted; the draft stays
-    on the target's device until then.
+    on the target's device until then. A drafter with a ``feature_layers`` attribute (chapter
+    10's head) gets the target's cache through ``drafter.bind(cached_lm)`` before the first
+    round: the cache then keeps those layers' outputs for every position the target has read
+    (:meth:`specdec.cache.CachedLM.features`).
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (tokens drafted per round) must be an integer >= 1, got {k!r}")
-    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "speculative", cache, memory)
+    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "speculative", cache, memory,
+               feature_layers=getattr(drafter, "feature_layers", ()))
     run.meta.update(k=k, drafter=getattr(drafter, "name", type(drafter).__name__))
     drafter.reset()
+    if run.target.feature_layers:  # a drafter that reads the target's hidden states
+        drafter.bind(run.target)
     if run.done:
         return run.result()
     first = run.prefill()
@@ -117,7 +123,8 @@ class _Run:
     stop-token check and the caches' prefix bookkeeping need the ids there anyway.
     """
 
-    def __init__(self, model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory):
+    def __init__(self, model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory,
+                 feature_layers=()):
         prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long).cpu()
         if prompt_ids.ndim == 2 and prompt_ids.shape[0] == 1:
             prompt_ids = prompt_ids[0]
@@ -125,7 +132,8 @@ class _Run:
             raise ValueError(f"prompt_ids must be a non-empty 1-D sequence of token ids, got shape {tuple(prompt_ids.shape)}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        self.target = CachedLM(model, cache=cache, capacity=len(prompt_ids) + max_new_tokens + 1)
+        self.target = CachedLM(model, cache=cache, capacity=len(prompt_ids) + max_new_tokens + 1,
+                               feature_layers=feature_layers)
         ctx = self.target.max_length
         if ctx and len(prompt_ids) + max_new_tokens > ctx:
             raise ValueError(

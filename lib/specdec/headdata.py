@@ -1,0 +1,231 @@
+"""The training data of chapter 10's draft head: the target's own text and features.
+
+1. :func:`load_train_prompts` -- the training prompts (``data/train/prompts.jsonl``, built by
+   ``scripts/build_train_prompts.py`` from items no benchmark prompt uses).
+2. :func:`generate_answers` -- the target answers them (batched ``generate()``, which is what
+   batching is for); :func:`save_answers` / :func:`load_answers` keep the token ids.
+3. :func:`draft_vocabulary` -- the most frequent tokens of those answers become the draft
+   vocabulary (FR-Spec's frequency ranking), stop tokens always included.
+4. :func:`extract_features` -- one teacher-forced pass of the target over every prompt and
+   answer keeps, per position, the outputs of the head's feature layers, the target's final
+   (normalised) hidden state, the log normaliser of its full-vocabulary softmax and its
+   argmax. From the final state the target's probabilities on the draft vocabulary are
+   recomputed exactly when needed (:mod:`specdec.headtrain`), so nothing of size ``V`` is
+   stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import decoder_layers
+
+__all__ = ["Sample", "train_prompts_file", "load_train_prompts", "generate_answers", "save_answers", "load_answers",
+           "draft_vocabulary", "FeatureSet", "extract_features"]
+
+
+def train_prompts_file() -> Path:
+    return Path(__file__).resolve().parents[2] / "data" / "train" / "prompts.jsonl"
+
+
+def load_train_prompts(domains=None, n_per_domain: int | None = None) -> list[dict]:
+    """The training prompts (dicts with ``id``, ``domain``, ``prompt``, ``source``), in file
+    order, optionally only ``domains`` and the first ``n_per_domain`` of each."""
+    path = train_prompts_file()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build it with `python scripts/build_train_prompts.py`")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if domains is not None:
+        records = [r for r in records if r["domain"] in set(domains)]
+    if n_per_domain is not None:
+        seen: Counter = Counter()
+        kept = []
+        for r in records:
+            if seen[r["domain"]] < n_per_domain:
+                kept.append(r)
+                seen[r["domain"]] += 1
+        records = kept
+    return records
+
+
+@dataclass
+class Sample:
+    """One training text: the prompt's token ids (chat template applied), the target's
+    answer, and the prompt's domain and id."""
+
+    prompt: list[int]
+    answer: list[int]
+    domain: str = ""
+    id: str = ""
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.answer
+
+
+@torch.inference_mode()
+def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int = 256, batch_size: int = 16,
+                     temperature: float = 0.0, seed: int = 0, stop_ids=(), progress: bool = True) -> list[Sample]:
+    """The target's answers to ``prompts`` (dicts with ``prompt``, ``domain``, ``id``),
+    generated ``batch_size`` at a time (left-padded), greedy or at ``temperature``; each
+    answer is cut after its first stop token."""
+    from .prompts import encode_prompt
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("batch_size and max_new_tokens must be >= 1")
+    stops = sorted(int(s) for s in stop_ids)
+    pad = stops[0] if stops else 0
+    device = next(target.parameters()).device
+    encoded = [encode_prompt(tokenizer, p["prompt"]).tolist() for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths pad less
+    out: dict[int, Sample] = {}
+    torch.manual_seed(seed)
+    bar = tqdm(total=len(prompts), desc="answers", disable=not progress)
+    for b in range(0, len(order), batch_size):
+        idx = order[b: b + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=stops or None,
+                      pad_token_id=pad)
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        gen = target.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)[:, width:].tolist()
+        for row, i in enumerate(idx):
+            answer = gen[row]
+            cut = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
+            out[i] = Sample(encoded[i], answer[:cut], prompts[i].get("domain", ""), prompts[i].get("id", str(i)))
+        bar.update(len(idx))
+    bar.close()
+    return [out[i] for i in range(len(prompts))]
+
+
+def draft_vocabulary(samples: list[Sample], size: int, always=()) -> torch.Tensor:
+    """``d2t``: the ``size`` most frequent tokens of the answers (ties by id), every token of
+    ``always`` included (first, then the rest by frequency)."""
+    counts = Counter(t for s in samples for t in s.answer)
+    ranked = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    keep = list(dict.fromkeys([int(t) for t in always] + ranked))
+    if len(keep) < size:
+        raise ValueError(f"the answers hold only {len(keep)} distinct tokens, fewer than a draft vocabulary "
+                         f"of {size}: generate more text or choose a smaller vocabulary")
+    return torch.tensor(keep[:size], dtype=torch.long)
+
+
+@dataclass
+class FeatureSet:
+    """Per text: its tokens, where its answer starts, and per position the target's kept
+    layers' outputs, final normalised hidden state, full-vocabulary log normaliser and argmax."""
+
+    tokens: list[torch.Tensor] = field(default_factory=list)  # (T,) long
+    starts: list[int] = field(default_factory=list)  # index of the answer's first token
+    features: list[torch.Tensor] = field(default_factory=list)  # (T, layers * hidden), bfloat16
+    finals: list[torch.Tensor] = field(default_factory=list)  # (T, hidden), bfloat16
+    lse: list[torch.Tensor] = field(default_factory=list)  # (T,) float32
+    argmax: list[torch.Tensor] = field(default_factory=list)  # (T,) long
+    domains: list[str] = field(default_factory=list)
+    feature_layers: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return sum(len(t) - s for t, s in zip(self.tokens, self.starts))
+
+    def subset(self, indices) -> "FeatureSet":
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return FeatureSet(pick(self.tokens), pick(self.starts), pick(self.features), pick(self.finals),
+                          pick(self.lse), pick(self.argmax), pick(self.domains), self.feature_layers)
+
+    def save(self, path) -> None:
+        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
+
+    @classmethod
+    def load(cls, path) -> "FeatureSet":
+        return cls(**torch.load(path, weights_only=True))
+
+
+@torch.inference_mode()
+def extract_features(target, samples: list[Sample], feature_layers: tuple[int, ...], batch_tokens: int = 2048,
+                     progress: bool = True) -> FeatureSet:
+    """One teacher-forced pass of ``target`` over each sample's prompt and answer (batched
+    by length, right-padded: causal attention keeps the padding out of real positions)."""
+    layers = decoder_layers(target)
+    norm = target.model.norm
+    lm = target.get_output_embeddings().weight
+    device = lm.device
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].tokens))
+    fs = FeatureSet(feature_layers=tuple(feature_layers))
+    slots: dict[int, tuple] = {}
+    captured: list[torch.Tensor] = []
+    hooks = [layers[i].register_forward_hook(lambda m, a, o: captured.append(o[0] if isinstance(o, tuple) else o))
+             for i in feature_layers]
+    hooks.append(norm.register_forward_hook(lambda m, a, o: captured.append(o)))
+    bar = tqdm(total=sum(len(s.tokens) for s in samples), desc="features", unit="tok", disable=not progress)
+    try:
+        b = 0
+        while b < len(order):
+            e = b + 1
+            while e < len(order) and (e - b + 1) * len(samples[order[e]].tokens) <= batch_tokens:
+                e += 1
+            idx = order[b:e]
+            width = len(samples[idx[-1]].tokens)
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(samples[i].tokens)] = torch.tensor(samples[i].tokens)
+            captured.clear()
+            target.model(input_ids=ids.to(device), use_cache=False)
+            *feats, finals = captured
+            feats = torch.cat(feats, -1)
+            for row, i in enumerate(idx):
+                T = len(samples[i].tokens)
+                fin = finals[row, :T].float()
+                logits = fin @ lm.float().T
+                slots[i] = (feats[row, :T].to(torch.bfloat16).cpu(), fin.to(torch.bfloat16).cpu(),
+                            torch.logsumexp(logits, -1).cpu(), logits.argmax(-1).cpu())
+            bar.update(sum(len(samples[i].tokens) for i in idx))
+            b = e
+    finally:
+        for h in hooks:
+            h.remove()
+        bar.close()
+    for i, s in enumerate(samples):
+        feat, fin, lse, arg = slots[i]
+        fs.tokens.append(torch.tensor(s.tokens, dtype=torch.long))
+        fs.starts.append(len(s.prompt))
+        fs.features.append(feat)
+        fs.finals.append(fin)
+        fs.lse.append(lse)
+        fs.argmax.append(arg)
+        fs.domains.append(s.domain)
+    return fs
+
+
+def save_answers(samples: list[Sample], path, meta: dict | None = None) -> Path:
+    """Write the samples' token ids as gzipped JSON lines (a first line holds ``meta``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"meta": meta or {}}) + "\n")
+        for s in samples:
+            f.write(json.dumps(dict(id=s.id, domain=s.domain, prompt=s.prompt, answer=s.answer)) + "\n")
+    return path
+
+
+def load_answers(path) -> tuple[list[Sample], dict]:
+    """The samples and the ``meta`` that :func:`save_answers` wrote."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        meta = json.loads(f.readline())["meta"]
+        samples = [Sample(**json.loads(line)) for line in f if line.strip()]
+    return samples, meta

@@ -1,0 +1,210 @@
+"""Chapter 10's draft head: its bookkeeping, its exactness, and that training helps.
+
+On a tiny random target (tests/helpers.py): the unrolled training pass computes what drafting
+computes; greedy speculative output equals the target's for every K, cache and path; the
+head's cache after a generation equals one built afresh from the final text (after rejected
+and after fully accepted rounds); the head's sampled proposals pass chapter 3's checks, and a
+wrong verifier fails them; training lowers the held-out loss and raises held-out acceptance.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from specdec import eagle, fastpath, headdata, headtrain
+from specdec.cache import CachedLM
+from specdec.decoding import autoregressive_generate, speculative_generate
+from specdec.sampling import SamplingParams, first_tokens, goodness_of_fit, output_distribution, probs_from_logits
+from specdec.sampling import total_variation
+
+from .helpers import tiny_llama
+
+V = 256
+PASS, FAIL = 1e-3, 1e-6
+
+
+@pytest.fixture(scope="module")
+def target():
+    # small weights: the residual stream carries the current token, so the text follows
+    # patterns a head can learn from 48 short answers (with init=0.2 it is close to random)
+    return tiny_llama(n_layers=4, vocab=V, seed=0, init=0.05)
+
+
+def _head(target, size=200, seed=0, layers=None):
+    torch.manual_seed(seed)
+    return eagle.EagleHead.for_target(target, torch.randperm(V)[:size], layers)
+
+
+def _samples(target, n, seed, length=48):
+    """Random prompts and the target's greedy answers to them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        prompt = torch.randint(2, V, (8,), generator=g)
+        answer = autoregressive_generate(target, prompt, length).tokens
+        out.append(headdata.Sample(prompt.tolist(), answer, domain="d" + str(i % 2), id=str(i)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(target):
+    """(untrained head, the same head trained, held-out features, training history)."""
+    layers = eagle.default_feature_layers(4)
+    train = headdata.extract_features(target, _samples(target, 48, seed=1), layers, progress=False)  # noqa
+    held = headdata.extract_features(target, _samples(target, 12, seed=2), layers, progress=False)
+    samples = _samples(target, 48, seed=1)
+    distinct = len({t for s in samples for t in s.answer} | {1})
+    d2t = headdata.draft_vocabulary(samples, size=min(96, distinct), always=(1,))
+    before = eagle.EagleHead.for_target(target, d2t)
+    head = copy.deepcopy(before)
+    history = headtrain.train_head(head, train, held, headtrain.TrainConfig(epochs=15, batch_tokens=512, lr=3e-3,
+                                                                            eval_every=10_000), progress=False)
+    return before, head, held, history
+
+
+def test_default_feature_layers():
+    assert eagle.default_feature_layers(30) == (1, 14, 26)  # SmolLM2-135M: low, middle, high
+    assert eagle.default_feature_layers(4) == (0, 1)
+    assert eagle.default_feature_layers(1) == (0,)
+    with pytest.raises(ValueError):
+        eagle.default_feature_layers(0)
+
+
+def test_bad_input_is_refused(target):
+    with pytest.raises(ValueError, match="feature_layers"):
+        CachedLM(target, feature_layers=(2, 1))
+    with pytest.raises(ValueError, match="feature_layers"):
+        CachedLM(target, feature_layers=(9,))
+    with pytest.raises(ValueError, match="distinct"):
+        eagle.EagleHead.for_target(target, torch.tensor([3, 3, 4]))
+    with pytest.raises(RuntimeError, match="binds"):
+        eagle.EagleDrafter(_head(target)).propose([1, 2, 3], 2, SamplingParams(temperature=0))
+    with pytest.raises(ValueError, match="keeps no features"):
+        CachedLM(target).features()
+
+
+def test_kept_features_follow_the_cache_through_rollback(target):
+    layers = (0, 2)
+    lm = CachedLM(target, feature_layers=layers, capacity=4)  # small: the buffer must grow
+    seq = torch.randint(V, (20,)).tolist()
+    lm.logits(seq[:12])
+    lm.logits(seq[:9] + [5, 6, 7], n_last=3)  # a rejected continuation: rolled back, replaced
+    lm.advance(torch.tensor([8, 9]))
+    fresh = CachedLM(target, feature_layers=layers)
+    fresh.logits(seq[:9] + [5, 6, 7, 8, 9])
+    assert lm.length == fresh.length == 14
+    torch.testing.assert_close(lm.features(), fresh.features(), atol=1e-4, rtol=1e-4)
+    assert lm.features(3, 5).shape == (2, 2 * target.config.hidden_size)
+    with pytest.raises(ValueError, match="not all cached"):
+        lm.features(0, 15)
+
+
+def test_unrolled_training_pass_computes_what_drafting_computes(target):
+    head = _head(target).eval()
+    n, steps = 12, 3
+    H = target.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    feats = head.fuse(torch.randn(1, n, len(head.cfg.feature_layers) * H, generator=g))
+    x = torch.randint(V, (n + steps + 1,), generator=g)  # x_0 .. x_{n+steps}
+    tokens = x[1:].view(1, -1)  # tokens[:, s + j - 1] = x_{s+j}
+    with torch.no_grad():
+        outs = head.unrolled(feats, tokens, steps)
+        for s in (0, 4, n - 1):
+            cache = eagle.HeadCache()
+            h = head.step(cache, feats[0, : s + 1], x[1: s + 2], start=0)[-1:]
+            torch.testing.assert_close(h[0], outs[0][0, s], atol=1e-5, rtol=1e-5)
+            for j in range(2, steps + 1):  # the head's own output stands in for the feature
+                h = head.step(cache, h, tokens[0, s + j - 1].view(1), start=s + j - 1)
+                torch.testing.assert_close(h[0], outs[j - 1][0, s], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", [fastpath.PLAIN, fastpath.Path(linear="packed")], ids=lambda p: p.label)
+@pytest.mark.parametrize("cache", ["preallocated", "dynamic"])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_greedy_speculation_with_the_head_equals_the_target(target, trained, k, cache, path):
+    if path.linear == "packed" and not fastpath.packing_available():
+        pytest.skip("this torch has no oneDNN packing")
+    model = fastpath.prepare(target, path)
+    prompt = torch.tensor([5, 17, 33, 2, 90, 41, 7, 64])
+    want = autoregressive_generate(model, prompt, 40, cache=cache).tokens
+    for head in trained[:2]:  # untrained (mostly rejected) and trained (often accepted)
+        got = speculative_generate(model, eagle.EagleDrafter(head), prompt, 40, k, cache=cache)
+        assert got.tokens == want
+
+
+def test_head_cache_equals_a_fresh_one_after_rejections_and_full_acceptance(target, trained):
+    head = trained[1]
+    drafter = eagle.EagleDrafter(head)
+    prompt = [9, 3, 77, 120, 4, 4, 18, 200]
+    res = speculative_generate(target, drafter, torch.tensor(prompt), 60, 3)
+    rounds = list(zip(res.drafted_per_round, res.accepted_per_round))
+    assert any(a < d for d, a in rounds) and any(a == d for d, a in rounds), rounds
+    seq = prompt + res.tokens
+    n = drafter.n_real
+    assert n >= len(seq) - 1 - 4  # it caught up at the last round
+    fresh_lm = CachedLM(target, feature_layers=head.cfg.feature_layers)
+    fresh_lm.logits(seq[:n])
+    cache = eagle.HeadCache()
+    with torch.no_grad():
+        head.step(cache, head.fuse(fresh_lm.features()), torch.tensor(seq[1: n + 1]), start=0)
+    torch.testing.assert_close(drafter.cache.k[:, :n], cache.k[:, :n], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(drafter.cache.v[:, :n], cache.v[:, :n], atol=1e-4, rtol=1e-4)
+
+
+def _head_and_target_rows(target, head, params):
+    """The head's first proposal distribution q and the target's p after one prompt."""
+    prompt = [5, 17, 33, 2, 90, 41, 7, 64]
+    lm = CachedLM(target, feature_layers=head.cfg.feature_layers)
+    p = probs_from_logits(lm.logits(prompt + [12])[0], params)
+    drafter = eagle.EagleDrafter(head)
+    drafter.bind(lm)
+    _, q = drafter.propose(prompt + [12], 1, params, torch.Generator().manual_seed(0))
+    return p, q[0]
+
+
+def test_sampled_proposals_are_exact_and_a_wrong_verifier_fails(target, trained):
+    head = trained[1]
+    params = SamplingParams(temperature=1.0)
+    p, q = _head_and_target_rows(target, head, params)
+    outside = torch.ones(V, dtype=torch.bool)
+    outside[head.d2t] = False
+    assert q[outside].sum() == 0 and abs(float(q.sum()) - 1) < 1e-5  # zero outside the draft vocabulary
+    assert float(total_variation(output_distribution(p, q), p)) <= 1e-6  # analytic: exactly p
+    tokens, _ = first_tokens(p, q, 100_000, torch.Generator().manual_seed(1))
+    assert goodness_of_fit(tokens, p)[1] > PASS
+    # a plausible bug: verifying against a uniform q over the draft vocabulary
+    wrong_q = (~outside).float() / (~outside).sum()
+    tokens, _ = first_tokens(p, q, 100_000, torch.Generator().manual_seed(2), q_verify=wrong_q)
+    assert goodness_of_fit(tokens, p)[1] < FAIL
+
+
+def test_sampled_speculation_runs_and_emits_target_tokens(target, trained):
+    res = speculative_generate(target, eagle.EagleDrafter(trained[1]), torch.tensor([5, 17, 33]), 30, 4,
+                               SamplingParams(temperature=1.0), seed=3)
+    assert len(res.tokens) == 30 and all(0 <= t < V for t in res.tokens)
+
+
+def test_training_lowers_held_out_loss_and_raises_acceptance(trained):
+    before, after, held, history = trained
+    b = headtrain.evaluate_head(before, held, steps=4)
+    a = headtrain.evaluate_head(after, held, steps=4, by_domain=True)
+    assert a["loss"] < b["loss"] - 0.02  # the target is high-entropy at T=1: little to gain
+    assert a["tau"] > b["tau"] + 0.3 and a["agree"][0] > b["agree"][0] + 0.1
+    assert set(a["tau_by_domain"]) == {"d0", "d1"}
+    assert history["held_out_loss"].iloc[-1] < history["held_out_loss"].iloc[0]
+
+
+def test_save_and_load_round_trip(target, trained, tmp_path):
+    head = trained[1]
+    eagle.save_head(head, tmp_path / "h", provenance={"command": "test"})
+    loaded = eagle.load_head(tmp_path / "h", target)
+    assert torch.equal(loaded.d2t, head.d2t) and loaded.cfg == head.cfg
+    for name, value in head.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(loaded.state_dict()[name], value.to(torch.bfloat16).float())
+    prompt = torch.tensor([5, 17, 33, 2, 90])
+    want = autoregressive_generate(target, prompt, 24).tokens
+    assert speculative_generate(target, eagle.EagleDrafter(loaded), prompt, 24, 4).tokens == want
+    with pytest.raises(FileNotFoundError, match="no head"):
+        eagle.load_head(tmp_path / "missing", target)

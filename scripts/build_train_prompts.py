@@ -13,8 +13,10 @@ give a byte-identical file. Sources, licences and counts: data/train/SOURCES.md.
 * conversation  -- MT-bench first turns not in data/prompts/conversation.jsonl; the questions
                    of the Python FAQ; glossary terms to explain; standard-library functions to
                    explain
-* summarisation -- prose passages of the library reference pages (data/prompts/ uses only
-                   tutorial and HOWTO pages)
+* summarisation -- prose passages of the library and language references, the "What's New"
+                   pages and the guides to using, extending and distributing Python
+                   (data/prompts/ uses only tutorial and HOWTO pages); a passage may be
+                   shorter than a benchmark passage (at least MIN_TRAIN_PASSAGE_TOKENS)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sysconfig
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_prompts  # noqa: E402
 from build_prompts import (DOC_ROOT, _debian_version, _interleave, _package_dir,  # noqa: E402
                            page_passages, write_jsonl)
 
@@ -41,6 +44,8 @@ N_STDLIB_EXPLAIN = 250  # standard-library functions to explain
 N_GLOSSARY = 150
 N_PASSAGES = 700
 MAX_EXPLAIN_LINES = 30
+MIN_TRAIN_PASSAGE_TOKENS = 100
+SUMMARY_DIRS = ("library", "reference", "whatsnew", "using", "extending", "distributing", "installing")
 
 
 def _benchmark_ids(domain: str, field: str) -> set:
@@ -165,9 +170,10 @@ def docs_summarisation(version: str) -> list[dict]:
     source = f"Python 3.11 documentation (Debian python3.11-doc {version}, PSF License Agreement)"
     tokenizer = smollm2_tokenizer()
     used = {p["passage"] for p in load_prompts("summarisation")}
-    pages = sorted(str(p.relative_to(DOC_ROOT)) for p in (DOC_ROOT / "library").glob("*.html"))
+    pages = sorted(str(p.relative_to(DOC_ROOT)) for d in SUMMARY_DIRS for p in (DOC_ROOT / d).glob("*.html"))
+    build_prompts.MIN_PASSAGE_TOKENS = MIN_TRAIN_PASSAGE_TOKENS  # page_passages reads it
     passages = [p for p in _interleave([page_passages(page, tokenizer) for page in pages]) if p["passage"] not in used]
-    return [{"id": f"train/summarisation/{p['page'].removesuffix('.html')}/{p['section']}", "domain": "summarisation",
+    return [{"id": f"train/summarisation/{p['page'].removesuffix('.html')}#{p['section']}", "domain": "summarisation",
              "prompt": f"{SUMMARY_INSTRUCTION}\n\n{p['passage']}", "source": source}
             for p in passages[:N_PASSAGES]]
 

@@ -46,7 +46,7 @@ BAD = [
     (["-k", "2.5"], "-k", "an integer >= 1"),
     (["--max-new-tokens", "-3"], "--max-new-tokens", "an integer >= 1"),
     (["--max-new-tokens", "0"], "--max-new-tokens", "an integer >= 1"),
-    (["--drafter", "eagle"], "--drafter", "ngram, nf4, early"),
+    (["--drafter", "medusa"], "--drafter", "ngram, nf4, early, eagle"),
     (["--prompt", ""], "--prompt", "non-empty"),
     (["--prompt", "  \t "], "--prompt", "non-empty"),
     (["--threads", "0"], "--threads", "an integer >= 1"),

@@ -208,3 +208,25 @@ def test_save_and_load_round_trip(target, trained, tmp_path):
     assert speculative_generate(target, eagle.EagleDrafter(loaded), prompt, 24, 4).tokens == want
     with pytest.raises(FileNotFoundError, match="no head"):
         eagle.load_head(tmp_path / "missing", target)
+
+
+def test_head_benchmark_summarises_one_interleaved_run(target, trained):
+    from specdec import headbench
+
+    head = trained[1]
+    draft = tiny_llama(n_layers=1, vocab=V, seed=1, init=0.05)
+    g = torch.Generator().manual_seed(5)
+    prompts = [(f"{d}/{i}", torch.randint(2, V, (6,), generator=g)) for d in ("code", "conversation")
+               for i in range(2)]
+    df = headbench.run_head_benchmark(target, target, head, draft, prompts, max_new_tokens=10, k=3, repeats=1,
+                                      progress=False)
+    assert set(df["method"]) == set(headbench.OURS + headbench.THEIRS) and len(df) == 4 * 9
+    f = headbench.summarise_head(df, 3)
+    sp = f["speedups"]
+    for key in ("eagle_vs_autoregressive", "autoregressive_vs_hf_autoregressive", "eagle_vs_hf_prompt_lookup"):
+        assert sp[key]["identical"] == sp[key]["runs"] == 4  # greedy: everyone writes the target's text
+    assert set(f["tau"]) >= {"eagle", "eagle_t1", "ngram", "int4"}
+    assert all(v >= 1 for row in f["tau"].values() for v in row.values())
+    assert all(0 <= a <= 1 for a in f["position_acceptance"]["eagle"])
+    assert f["fastest_transformers_method"] in headbench.THEIRS and f["cost_ratio"]["eagle"] > 0
+    assert "tau" in headbench.format_head_report({"figures": f, "k": 3})

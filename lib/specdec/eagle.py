@@ -43,7 +43,7 @@ from .cache import decoder_layers
 from .sampling import probs_from_logits, sample
 
 __all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "EagleDrafter", "save_head",
-           "load_head"]
+           "load_head", "book_head_dir", "head_available", "load_book_head"]
 
 
 def default_feature_layers(n_layers: int) -> tuple[int, ...]:
@@ -368,3 +368,23 @@ def load_head(directory: str | Path, target) -> EagleHead:
     head = EagleHead(cfg, target.get_input_embeddings().weight, target.get_output_embeddings().weight, state["d2t"])
     head.load_state_dict({k: v.to(p.dtype) if v.is_floating_point() else v for k, v in state.items()})
     return head.to(p.device, p.dtype).eval()
+
+
+def book_head_dir() -> Path:
+    """Where the book's head for SmolLM2-135M lives: ``data/heads/smollm2-135m-eagle``."""
+    return Path(__file__).resolve().parents[2] / "data" / "heads" / "smollm2-135m-eagle"
+
+
+def head_available(directory: str | Path | None = None) -> bool:
+    directory = book_head_dir() if directory is None else Path(directory)
+    return (directory / "head.json").is_file() and (directory / "head.safetensors").is_file()
+
+
+def load_book_head(target) -> EagleHead:
+    """The book's trained head for SmolLM2-135M, on ``target``; a clear error where it is missing."""
+    from .registry import ModelUnavailableError
+
+    if not head_available():
+        raise ModelUnavailableError(f"the trained head is not in {book_head_dir()}: it is committed with the book "
+                                    "(check out data/heads/), or train it with `python -m specdec.headtrain`")
+    return load_head(book_head_dir(), target)

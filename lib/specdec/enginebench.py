@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
 from .metrics import GenerationResult, speedup
+from .sampling import GREEDY, SamplingParams
 
-__all__ = ["forward_seconds", "PEERS", "run_engine_benchmark", "summarise_engine"]
+__all__ = ["forward_seconds", "PEERS", "our_method", "hf_method", "run_interleaved", "run_engine_benchmark",
+           "summarise_engine", "paired_speedups", "engine_report", "format_report"]
 
 # (our method, the transformers method it is compared with)
 PEERS = (("autoregressive", "hf_autoregressive"), ("ngram", "hf_prompt_lookup"), ("draft", "hf_assisted"))
@@ -81,6 +83,65 @@ def _hf_greedy(model, prompt: torch.Tensor, max_new_tokens: int, stop_ids, metho
                             total_s=total, ttft_s=(first[0] - t0) if first else total, token_latencies_s=[])
 
 
+def our_method(target: torch.nn.Module, make_drafter=None, k: int = 4, max_new_tokens: int = 64,
+               params: SamplingParams = GREEDY, stop_ids=frozenset(), models=()):
+    """A method for :func:`run_interleaved`: our autoregressive loop (``make_drafter`` None) or
+    our speculative loop with a fresh ``make_drafter()`` each run. Its records hold the result,
+    the rounds' seconds and how much of them fell outside the forward passes of ``target`` and
+    ``models``, the draft's seconds and steps, and the decode steps' seconds."""
+    stops = frozenset(stop_ids)
+
+    def run(prompt):
+        with forward_seconds(target, *models) as fwd:
+            if make_drafter is None:
+                res = autoregressive_generate(target, prompt, max_new_tokens, params, stop_ids=stops)
+            else:
+                res = speculative_generate(target, make_drafter(), prompt, max_new_tokens, k, params, stop_ids=stops)
+        rounds = sum(res.round_latencies_s)
+        # forward passes inside the rounds: every one but the target's prefill (the first)
+        inside = sum(fwd[1:]) if res.round_latencies_s else 0.0
+        return dict(result=res, rounds_s=rounds, outside_s=max(0.0, rounds - inside) if rounds else np.nan,
+                    draft_s=res.phase_s.get("draft", 0.0), n_drafted=sum(res.drafted_per_round),
+                    n_accepted=sum(res.accepted_per_round), n_rounds=len(res.round_latencies_s),
+                    decode_steps_s=res.phase_s.get("decode", np.nan))
+
+    return run
+
+
+def hf_method(model: torch.nn.Module, name: str, max_new_tokens: int = 64, stop_ids=frozenset(), **kwargs):
+    """A method for :func:`run_interleaved`: ``model.generate(**kwargs)``, greedy."""
+    return lambda prompt: dict(result=_hf_greedy(model, prompt, max_new_tokens, stop_ids, name, **kwargs))
+
+
+def run_interleaved(methods: dict, prompts: list[tuple[str, torch.Tensor]], repeats: int = 3, progress: bool = True,
+                    desc: str = "methods"):
+    """Run every method of ``methods`` (name -> function of a prompt returning a record dict
+    with ``result``) on every prompt, ``repeats`` times, round robin: the order rotates every
+    prompt and repeat, so that a slow drift of the machine favours no method. Each method runs
+    once untimed first (warm-up). Returns a DataFrame, one row per (prompt, repeat, method)."""
+    import pandas as pd
+
+    if not prompts:
+        raise ValueError("need at least one prompt")
+    if repeats < 1:
+        raise ValueError("need repeats >= 1")
+    names = list(methods)
+    for name in names:  # warm-up: first calls pay for allocation and kernel selection
+        methods[name](prompts[0][1])
+    rows = []
+    todo = [(r, pid, ids) for r in range(repeats) for pid, ids in prompts]
+    bar = tqdm(total=len(todo) * len(names), desc=desc, disable=not progress)
+    for i, (r, pid, ids) in enumerate(todo):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            rec = methods[name](ids)
+            res = rec["result"]
+            rows.append(dict(prompt_id=pid, repeat=r, method=name, n_new=res.n_new,
+                             ms_per_token=1e3 / res.decode_tokens_per_s, **rec))
+            bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
 def run_engine_benchmark(
     target: torch.nn.Module,
     fast_target: torch.nn.Module,
@@ -93,66 +154,28 @@ def run_engine_benchmark(
     repeats: int = 3,
     progress: bool = True,
 ):
-    """One record per (prompt, repeat, method): tokens, total and decode seconds, and for our
-    speculative methods the rounds' seconds outside forward passes and the draft's steps.
+    """The engine's methods (:data:`PEERS`) through :func:`run_interleaved`.
 
     ``target`` is the model as loaded (what ``generate()`` runs); ``fast_target`` the same model
-    on our chosen path (``target`` itself if the plain path won). Methods run round robin, the
-    order rotated every prompt and repeat. Returns a DataFrame.
+    on our chosen path (``target`` itself if the plain path won). Returns a DataFrame.
     """
-    import pandas as pd
-
-    if not prompts:
-        raise ValueError("need at least one prompt")
-    if repeats < 1 or max_new_tokens < 2:
-        raise ValueError("need repeats >= 1 and max_new_tokens >= 2")
+    if max_new_tokens < 2:
+        raise ValueError("need max_new_tokens >= 2")
     stops = frozenset(stop_ids)
-    methods = [m for pair in PEERS for m in pair]
-
-    def ours(method, prompt):
-        with forward_seconds(fast_target, draft) as fwd:
-            if method == "autoregressive":
-                res = autoregressive_generate(fast_target, prompt, max_new_tokens, stop_ids=stops)
-            else:
-                drafter = NGramDrafter() if method == "ngram" else ModelDrafter(draft, name="draft")
-                k = k_ngram if method == "ngram" else k_draft
-                res = speculative_generate(fast_target, drafter, prompt, max_new_tokens, k, stop_ids=stops)
-        rounds = sum(res.round_latencies_s)
-        # forward passes inside the rounds: every one but the target's prefill (the first)
-        inside = sum(fwd[1:]) if res.round_latencies_s else 0.0
-        return dict(result=res, rounds_s=rounds, outside_s=max(0.0, rounds - inside) if rounds else np.nan,
-                    draft_s=res.phase_s.get("draft", 0.0), n_drafted=sum(res.drafted_per_round),
-                    n_accepted=sum(res.accepted_per_round), n_rounds=len(res.round_latencies_s),
-                    decode_steps_s=res.phase_s.get("decode", np.nan))
-
-    def theirs(method, prompt):
-        kwargs = {}
-        if method == "hf_prompt_lookup":
-            kwargs = dict(prompt_lookup_num_tokens=k_ngram, max_matching_ngram_size=NGramDrafter().max_ngram)
-        elif method == "hf_assisted":
-            kwargs = dict(assistant_model=draft, num_assistant_tokens=k_draft,
-                          num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
-        return dict(result=_hf_greedy(target, prompt, max_new_tokens, stops, method, **kwargs))
-
-    rows = []
-    todo = [(r, pid, ids) for r in range(repeats) for pid, ids in prompts]
-    bar = tqdm(total=len(todo) * len(methods), desc="engine", disable=not progress)
-    _warm_up(ours, theirs, methods, prompts[0][1])
-    for i, (r, pid, ids) in enumerate(todo):
-        order = methods[i % len(methods):] + methods[: i % len(methods)]
-        for method in order:
-            rec = (theirs if method.startswith("hf_") else ours)(method, ids)
-            res = rec["result"]
-            rows.append(dict(prompt_id=pid, repeat=r, method=method, n_new=res.n_new,
-                             ms_per_token=1e3 / res.decode_tokens_per_s, **rec))
-            bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
-
-
-def _warm_up(ours, theirs, methods, prompt) -> None:
-    for method in methods:
-        (theirs if method.startswith("hf_") else ours)(method, prompt)
+    common = dict(max_new_tokens=max_new_tokens, stop_ids=stops)
+    methods = {
+        "autoregressive": our_method(fast_target, None, **common),
+        "hf_autoregressive": hf_method(target, "hf_autoregressive", **common),
+        "ngram": our_method(fast_target, NGramDrafter, k_ngram, **common),
+        "hf_prompt_lookup": hf_method(target, "hf_prompt_lookup", prompt_lookup_num_tokens=k_ngram,
+                                      max_matching_ngram_size=NGramDrafter().max_ngram, **common),
+        "draft": our_method(fast_target, lambda: ModelDrafter(draft, name="draft"), k_draft, models=(draft,),
+                            **common),
+        "hf_assisted": hf_method(target, "hf_assisted", assistant_model=draft, num_assistant_tokens=k_draft,
+                                 num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0,
+                                 **common),
+    }
+    return run_interleaved(methods, prompts, repeats, progress, desc="engine")
 
 
 def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
@@ -171,7 +194,7 @@ def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
     """
     out: dict = {}
     for mine, peer in PEERS + (("ngram", "autoregressive"), ("draft", "autoregressive")):
-        out[f"{mine}_vs_{peer}"] = _paired(df, mine, peer)
+        out[f"{mine}_vs_{peer}"] = paired_speedups(df, mine, peer)
     ar = df[df["method"] == "autoregressive"]
     out["ms_per_token"] = float(ar["ms_per_token"].median())
     if step_bound_ms:
@@ -186,7 +209,10 @@ def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
     return out
 
 
-def _paired(df, mine: str, peer: str) -> dict:
+def paired_speedups(df, mine: str, peer: str) -> dict:
+    """``mine`` over ``peer``, run by run (same prompt, same repeat): the decode and end-to-end
+    speedups (median over prompts of each prompt's median; range over runs), the headline,
+    and in how many runs the tokens were identical."""
     a = df[df["method"] == mine].set_index(["prompt_id", "repeat"])["result"]
     b = df[df["method"] == peer].set_index(["prompt_id", "repeat"])["result"]
     keys = a.index.intersection(b.index)

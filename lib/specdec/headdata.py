@@ -156,6 +156,17 @@ class FeatureSet:
         return cls(**torch.load(path, weights_only=True))
 
 
+def _lm_head_weight(model) -> torch.Tensor:
+    """The LM head's weight ``(V, hidden)``, also on a path whose linear layers were repacked
+    (:mod:`specdec.fastpath`): the input embedding when the two are tied."""
+    weight = getattr(model.get_output_embeddings(), "weight", None)
+    if weight is None and getattr(model.config, "tie_word_embeddings", False):
+        weight = model.get_input_embeddings().weight
+    if weight is None:
+        raise ValueError("cannot read this model's LM head weight (repacked and not tied to the embedding)")
+    return weight
+
+
 @torch.inference_mode()
 def extract_features(target, samples: list[Sample], feature_layers: tuple[int, ...], batch_tokens: int = 2048,
                      progress: bool = True) -> FeatureSet:
@@ -163,7 +174,7 @@ def extract_features(target, samples: list[Sample], feature_layers: tuple[int, .
     by length, right-padded: causal attention keeps the padding out of real positions)."""
     layers = decoder_layers(target)
     norm = target.model.norm
-    lm = target.get_output_embeddings().weight
+    lm = _lm_head_weight(target)
     device = lm.device
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].tokens))
     fs = FeatureSet(feature_layers=tuple(feature_layers))

@@ -256,11 +256,6 @@ def _repo() -> "Path":
     return Path(__file__).resolve().parents[2]
 
 
-def default_head_dir():
-    """Where the book's trained head lives: ``data/heads/smollm2-135m-eagle``."""
-    return _repo() / "data" / "heads" / "smollm2-135m-eagle"
-
-
 def default_answers_path():
     """Where the target's answers to the training prompts are kept: ``data/train/answers.jsonl.gz``."""
     return _repo() / "data" / "train" / "answers.jsonl.gz"
@@ -273,9 +268,13 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     holds every prompt's, else generated and written there), the draft vocabulary, the
     features, training. Every ``held_out_every``-th text is held out for the curves.
 
+    The answers and the features are computed on the target's fastest path here
+    (:func:`specdec.fastpath.choose_path`), the path the loop will run it on.
+
     Returns ``(head, history, info)``; ``info`` holds the counts and the seconds of each stage.
     """
     from .eagle import EagleHead
+    from .fastpath import choose_path, prepare
     from .headdata import draft_vocabulary, extract_features, generate_answers, load_answers, save_answers
     from .prompts import stop_token_ids
 
@@ -283,6 +282,9 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
         raise ValueError("no training prompts")
     info, t = {}, time.perf_counter()
     stops = stop_token_ids(tokenizer, target)
+    path, _ = choose_path(target)
+    engine = prepare(target, path)
+    info["path"] = path.label
     samples = None
     if answers_path is not None and __import__("pathlib").Path(answers_path).is_file():
         stored, meta = load_answers(answers_path)
@@ -291,7 +293,7 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
             samples = [by_id[p["id"]] for p in prompts]
             log(f"answers: {len(samples)} read from {answers_path}")
     if samples is None:
-        samples = generate_answers(target, tokenizer, prompts, max_new_tokens, batch_size, stop_ids=stops,
+        samples = generate_answers(engine, tokenizer, prompts, max_new_tokens, batch_size, stop_ids=stops,
                                    progress=progress)
         info["answer_seconds"] = time.perf_counter() - t
         if answers_path is not None:
@@ -302,8 +304,8 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     d2t = draft_vocabulary(train, draft_vocab, always=sorted(stops))
     head = EagleHead.for_target(target, d2t, feature_layers)
     t = time.perf_counter()
-    train_fs = extract_features(target, train, head.cfg.feature_layers, progress=progress)
-    held_fs = extract_features(target, held, head.cfg.feature_layers, progress=progress)
+    train_fs = extract_features(engine, train, head.cfg.feature_layers, progress=progress)
+    held_fs = extract_features(engine, held, head.cfg.feature_layers, progress=progress)
     info["feature_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     history = train_head(head, train_fs, held_fs, config, progress=progress)
@@ -322,12 +324,12 @@ def main(argv=None) -> int:
 
     from . import cli
     from .bench import load_average, provenance
-    from .eagle import save_head
+    from .eagle import book_head_dir, save_head
     from .headdata import load_train_prompts
     from .loaders import load_smollm2
 
     ap = cli.ArgumentParser(prog="python -m specdec.headtrain", description=main.__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(default_head_dir()), help="folder for head.safetensors, head.json, history.csv")
+    ap.add_argument("--out", default=str(book_head_dir()), help="folder for head.safetensors, head.json, history.csv")
     ap.add_argument("--answers", default=str(default_answers_path()), help="the target's answers (read or written)")
     ap.add_argument("--n-per-domain", type=cli.positive_int, help="training prompts per domain (default: all)")
     ap.add_argument("--max-new-tokens", type=cli.int_range(8, 2048), default=256)

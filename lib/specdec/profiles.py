@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Sweep", "Profile", "PROFILES", "get_profile"]
+__all__ = ["Sweep", "HeadBudget", "Profile", "PROFILES", "get_profile"]
 
 _OFFLINE = ("smollm2_ngram", "smollm2_nf4", "smollm2_early", "synthetic-eps0.05", "synthetic-eps0.2")
 _SEED = ("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self")
@@ -38,6 +38,18 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class HeadBudget:
+    """What chapter 10 does live: train a head on ``n_texts`` of the committed training answers
+    for at most ``minutes``, and run the book's committed head on ``n_per_domain`` prompts per
+    domain for ``max_new_tokens`` tokens."""
+
+    n_texts: int
+    minutes: float
+    n_per_domain: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     n_prompts: int  # prompts per domain
@@ -49,6 +61,7 @@ class Profile:
     device: str  # "cpu" or "cuda"
     sweep: Sweep  # the profile's whole benchmark (recorded once, committed for `cpu`)
     live: Sweep  # the bounded benchmark a chapter runs while the book builds
+    head: HeadBudget = HeadBudget(n_texts=48, minutes=1.0, n_per_domain=1, max_new_tokens=24)
 
 
 # The live run of a chapter: small enough that a 2-core laptop builds the page in minutes; the
@@ -63,12 +76,13 @@ PROFILES = {
                    n_repeats=5, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9), device="cpu",
                    sweep=Sweep(pairs=_OFFLINE, n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8),
                                temperatures=(0.0, 1.0)),
-                   live=_LIVE),
+                   live=_LIVE, head=HeadBudget(n_texts=480, minutes=4.0, n_per_domain=2, max_new_tokens=64)),
     "full": Profile("full", n_prompts=20, max_new_tokens=128, ks=(1, 2, 4, 8), n_samples=1_000_000,
                     n_repeats=10, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9, 0.95), device="cuda",
                     sweep=Sweep(pairs=_SEED + _OFFLINE[:3], n_prompts=20, max_new_tokens=128, ks=(1, 2, 4, 8),
                                 temperatures=(0.0, 1.0)),
-                    live=Sweep(pairs=("smollm2_ngram", "gpt2_dev"), n_prompts=1, max_new_tokens=64, ks=(1, 4))),
+                    live=Sweep(pairs=("smollm2_ngram", "gpt2_dev"), n_prompts=1, max_new_tokens=64, ks=(1, 4)),
+                    head=HeadBudget(n_texts=1600, minutes=10.0, n_per_domain=4, max_new_tokens=128)),
 }
 
 

@@ -135,13 +135,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PairSpec:
-    """A draft and a target. ``draft is None`` means a model-free drafter (prompt lookup)."""
+    """A draft and a target. ``draft is None`` means a drafter that is not a separate model:
+    prompt lookup (``drafter="ngram"``) or chapter 10's head on the target's own features
+    (``drafter="eagle"``, :func:`specdec.eagle.load_book_head`)."""
 
     name: str
     draft: ModelSpec | None
     target: ModelSpec
     description: str
-    drafter: str = "model"  # "model" or "ngram"
+    drafter: str = "model"  # "model", "ngram" or "eagle"
 
     @property
     def shares_vocabulary(self) -> bool:
@@ -208,8 +210,19 @@ PAIRS: dict[str, PairSpec] = {
             f"A deliberately poor draft: the first {SMOLLM2_EARLY_LAYERS} of SmolLM2-135M's 30 layers "
             "exiting through (a copy of) SmolLM2's own final norm and output head, no training.",
         ),
+        PairSpec(
+            "smollm2_eagle",
+            None,
+            _SMOLLM2,
+            "A draft head trained on SmolLM2-135M's own hidden states (EAGLE-3-lite, chapter 10): one "
+            "decoder layer, an 8,192-token draft vocabulary.",
+            drafter="eagle",
+        ),
     )
 }
+
+#: What each kind of model-free drafter is, for tables.
+DRAFTER_LABELS = {"ngram": "n-gram prompt lookup", "eagle": "EAGLE head on the target's features"}
 
 
 def get_pair(name: str) -> PairSpec:
@@ -266,6 +279,7 @@ def describe():
     and whether each model can be loaded on this machine without the network."""
     import pandas as pd
 
+    from .eagle import head_available
     from .loaders import is_available_offline  # the loaders know what this machine holds
 
     rows = []
@@ -273,12 +287,12 @@ def describe():
         rows.append(
             {
                 "pair": pair.name,
-                "draft": pair.draft.label if pair.draft else "n-gram prompt lookup",
+                "draft": pair.draft.label if pair.draft else DRAFTER_LABELS[pair.drafter],
                 "target": pair.target.label,
                 "draft vocab": pair.draft.vocab_size if pair.draft else pair.target.vocab_size,
                 "target vocab": pair.target.vocab_size,
                 "shared vocab": pair.shares_vocabulary,
-                "draft offline": is_available_offline(pair.draft),
+                "draft offline": head_available() if pair.drafter == "eagle" else is_available_offline(pair.draft),
                 "target offline": is_available_offline(pair.target),
             }
         )

@@ -1,0 +1,176 @@
+"""The trained head against every other drafter, in one interleaved run (chapter 10).
+
+:func:`head_report` times on the book's prompts (all three domains; the head was trained on
+none of them, :mod:`specdec.headdata`), round robin through
+:func:`specdec.enginebench.run_interleaved`:
+
+* ours, on the target path chosen here: autoregressive, the head (``eagle``), prompt lookup
+  (``ngram``) and a 4-bit weight-only copy of the target (``int4``), all with the same K;
+  at temperature 1 the autoregressive loop and the head again (``*_t1``);
+* ``transformers``: ``generate()``, with prompt lookup, and with the 4-bit copy as assistant.
+
+It reports, from that one run: tokens per target pass (``tau``) and acceptance by draft
+position and by domain; the head's cost ratio c; its speedup over our autoregressive loop and
+over each ``transformers`` method (:func:`specdec.enginebench.paired_speedups`).
+``python -m specdec.bench head`` prints them and writes ``data/results/head_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .drafters import ModelDrafter, NGramDrafter
+from .enginebench import hf_method, our_method, paired_speedups, run_interleaved
+from .sampling import SamplingParams
+
+__all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "summarise_head",
+           "head_report", "format_head_report"]
+
+OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1")
+THEIRS = ("hf_autoregressive", "hf_prompt_lookup", "hf_assisted")
+T1 = SamplingParams(temperature=1.0)
+
+
+def results_path():
+    """The committed run chapter 10 reads: ``data/results/head_cpu.json``."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "data" / "results" / "head_cpu.json"
+
+
+def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=frozenset(), max_new_tokens: int = 64,
+                       k: int = 4, repeats: int = 3, progress: bool = True):
+    """One interleaved run of :data:`OURS` and :data:`THEIRS`; a DataFrame of records."""
+    from .eagle import EagleDrafter
+
+    common = dict(max_new_tokens=max_new_tokens, stop_ids=frozenset(stop_ids))
+    methods = {
+        "autoregressive": our_method(fast_target, None, **common),
+        "eagle": our_method(fast_target, lambda: EagleDrafter(head), k, **common),
+        "ngram": our_method(fast_target, NGramDrafter, k, **common),
+        "int4": our_method(fast_target, lambda: ModelDrafter(draft, name="int4"), k, models=(draft,), **common),
+        "autoregressive_t1": our_method(fast_target, None, params=T1, **common),
+        "eagle_t1": our_method(fast_target, lambda: EagleDrafter(head), k, params=T1, **common),
+        "hf_autoregressive": hf_method(target, "hf_autoregressive", **common),
+        "hf_prompt_lookup": hf_method(target, "hf_prompt_lookup", prompt_lookup_num_tokens=k,
+                                      max_matching_ngram_size=NGramDrafter().max_ngram, **common),
+        "hf_assisted": hf_method(target, "hf_assisted", assistant_model=draft, num_assistant_tokens=k,
+                                 num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0,
+                                 **common),
+    }
+    df = run_interleaved(methods, prompts, repeats, progress, desc="drafters")
+    df["domain"] = df["prompt_id"].str.split("/").str[0]
+    return df
+
+
+def tau_table(df):
+    """Tokens per target pass of each speculative method of ours, overall and per domain:
+    (accepted drafts + one token of the target's) per round, pooled over runs."""
+    import pandas as pd
+
+    spec = df[df["n_rounds"].fillna(0) > 0]
+    rows = []
+    for (method, domain), g in list(spec.groupby(["method", "domain"])) + [((m, "all"), g) for m, g in
+                                                                          spec.groupby("method")]:
+        rows.append(dict(method=method, domain=domain, tau=(g["n_accepted"].sum() + g["n_rounds"].sum())
+                         / g["n_rounds"].sum(), acceptance=g["n_accepted"].sum() / max(1, g["n_drafted"].sum())))
+    return pd.DataFrame(rows).pivot(index="method", columns="domain", values="tau")
+
+
+def position_acceptance(df, method: str, k: int):
+    """For draft positions 1..k: the fraction of rounds that drafted that far whose draft was
+    accepted up to there (the chance the chain survives to position i)."""
+    reached, kept = np.zeros(k), np.zeros(k)
+    for res in df[df["method"] == method]["result"]:
+        for d, a in zip(res.drafted_per_round, res.accepted_per_round):
+            reached[:d] += 1
+            kept[:a] += 1
+    return kept / np.maximum(reached, 1)
+
+
+def summarise_head(df, k: int) -> dict:
+    """The figures of the run: tau by method and domain, acceptance by position, the head's
+    cost ratio c (one head step over one target decode step), and the head's speedups."""
+    ar = df[df["method"] == "autoregressive"]
+    ar_step = (ar["decode_steps_s"] / (ar["n_new"] - 1)).median()
+    out = {"tau": tau_table(df).round(4).to_dict(orient="index"),
+           "position_acceptance": {m: position_acceptance(df, m, k).tolist() for m in ("eagle", "eagle_t1", "int4")}}
+    cost = {}
+    for m in ("eagle", "int4"):
+        d = df[df["method"] == m]
+        cost[m] = float((d["draft_s"] / d["n_drafted"].clip(lower=1)).median() / ar_step)
+    out["cost_ratio"] = cost
+    pairs = [("eagle", "autoregressive"), ("eagle_t1", "autoregressive_t1"), ("ngram", "autoregressive"),
+             ("int4", "autoregressive"), ("autoregressive", "hf_autoregressive"),
+             ("eagle", "hf_autoregressive"), ("eagle", "hf_prompt_lookup"), ("eagle", "hf_assisted"),
+             ("hf_prompt_lookup", "hf_autoregressive"), ("hf_assisted", "hf_autoregressive")]
+    out["speedups"] = {f"{a}_vs_{b}": paired_speedups(df, a, b) for a, b in pairs}
+    # the fastest thing transformers offers here, end to end: the head against it
+    theirs = {m: float(np.median([r.total_s for r in df[df["method"] == m]["result"]])) for m in THEIRS}
+    fastest = min(theirs, key=theirs.get)
+    out["fastest_transformers_method"] = fastest
+    out["eagle_vs_fastest_transformers"] = out["speedups"][f"eagle_vs_{fastest}"]
+    return out
+
+
+def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, repeats: int = 3,
+                out: str | None = None, force: bool = False, command: str | None = None, progress: bool = True) -> dict:
+    """Load SmolLM2, its fastest float32 path, the book's head and a 4-bit copy, run
+    :func:`run_head_benchmark` on the first ``n_per_domain`` prompts of each domain, and
+    summarise. With ``out`` the figures, records and provenance are written as JSON; under
+    ``data/results`` that is refused on a busy machine unless ``force``."""
+    import json
+    import os
+    from pathlib import Path
+
+    from . import bench, fastpath, quant
+    from .eagle import load_book_head
+    from .loaders import load_smollm2
+    from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
+
+    if not 1 <= n_per_domain <= 40 or k < 1 or repeats < 1 or max_new_tokens < 2:
+        raise ValueError("need 1 <= n_per_domain <= 40, k >= 1, repeats >= 1, max_new_tokens >= 2")
+    committed = out is not None and bench.is_committed_path(Path(out))
+    load_before = bench.load_average()
+    if committed and not force and load_before and load_before[0] > bench.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
+        raise bench.BusyMachineError(f"load average {load_before[0]} is too high to record {out}; "
+                                     "wait for a quiet machine or pass --force")
+    target, tokenizer = load_smollm2()
+    path, table = fastpath.choose_path(target)
+    fast = fastpath.prepare(target, path)
+    head = load_book_head(target)
+    draft, _ = quant.fastest_weight_only_copy(target, 4)
+    prompts = [(p["id"], encode_prompt(tokenizer, p["prompt"])) for d in DOMAINS for p in load_prompts(d, n_per_domain)]
+    stops = frozenset(stop_token_ids(tokenizer, target))
+    df = run_head_benchmark(target, fast, head, draft, prompts, stops, max_new_tokens, k, repeats, progress)
+    report = dict(figures=summarise_head(df, k), path=path.to_dict(), paths=table.to_dict("records"), k=k,
+                  n_per_domain=n_per_domain, max_new_tokens=max_new_tokens, repeats=repeats,
+                  threads=torch.get_num_threads(),
+                  records=df.drop(columns=["result"]).assign(
+                      tokens=[r.tokens for r in df["result"]], drafted=[r.drafted_per_round for r in df["result"]],
+                      accepted=[r.accepted_per_round for r in df["result"]]).to_dict("records"),
+                  provenance={**bench.provenance(command=command), "load_average_before": load_before,
+                              "load_average_after": bench.load_average(), "forced": bool(force)})
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
+def format_head_report(report: dict) -> str:
+    f = report["figures"]
+    k = report["k"]
+    lines = [f"tokens per target pass (tau), K={k}, by domain:"]
+    for method, row in f["tau"].items():
+        lines.append(f"  {method:>10}: " + ", ".join(f"{d} {v:.2f}" for d, v in row.items()))
+    for m, acc in f["position_acceptance"].items():
+        lines.append(f"acceptance by draft position, {m}: " + " ".join(f"{a:.2f}" for a in acc))
+    lines.append("cost ratio c (one draft step / one target step): "
+                 + ", ".join(f"{m} {c:.3f}" for m, c in f["cost_ratio"].items()))
+    for key, v in f["speedups"].items():
+        h = v["headline"]
+        lines.append(f"{key}: {v[h]['median']:.2f}x {h} (range {v[h]['lo']:.2f}-{v[h]['hi']:.2f}); "
+                     f"identical tokens {v['identical']}/{v['runs']}")
+    lines.append(f"fastest transformers method here: {f['fastest_transformers_method']}")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Token trees (chapter 11): the structure, the verify pass's mask, keeping the accepted path in
+the cache (continuing equals a fresh pass, as chapter 2's rollback), and exact verification --
+the analytic output distribution of multi-candidate rejection sampling equals the target's, a
+chi-square test of the sampler passes, and a plausible wrong scheme fails it."""
+
+import itertools
+
+import pytest
+import torch
+
+from specdec.cache import CachedLM
+from specdec.sampling import goodness_of_fit, total_variation
+from specdec.trees import TokenTree, tree_mask, tree_positions, verify_tree, verify_tree_greedy
+
+from .helpers import tiny_llama
+
+PASS, FAIL = 1e-3, 1e-6
+F64 = torch.float64
+#      0  1  2  3  4  5
+# root -> 0 -> 1 -> 2
+#      -> 3 -> 4
+#      -> 5
+TREE = TokenTree(tokens=(7, 8, 9, 10, 11, 12), parents=(-1, 0, 1, -1, 3, -1))
+
+
+def test_tree_structure_and_bad_input():
+    assert TREE.depths == [1, 2, 3, 1, 2, 1]
+    assert TREE.children(-1) == [0, 3, 5] and TREE.children(3) == [4] and TREE.children(2) == []
+    assert TREE.path_to(2) == [0, 1, 2] and TREE.path_to(4) == [3, 4]
+    a = TREE.ancestors()
+    assert a[2].tolist() == [True, True, True, False, False, False] and a[4].tolist() == [False] * 3 + [True, True, False]
+    chain = TokenTree.chain([4, 5, 6])
+    assert chain.parents == (-1, 0, 1)
+    with pytest.raises(ValueError, match="earlier node"):
+        TokenTree(tokens=(1, 2), parents=(1, -1))
+    with pytest.raises(ValueError, match="parents"):
+        TokenTree(tokens=(1, 2), parents=(-1,))
+
+
+def test_mask_and_positions():
+    m = tree_mask(TREE, n_cached=3, n_tail=2)[0, 0]
+    allowed = m == 0
+    assert m.shape == (8, 11)
+    assert allowed[:, :3].all()  # everyone sees the cache
+    assert allowed[0, 3] and not allowed[0, 4] and allowed[1, 3:5].all()  # the text tokens, causally
+    assert allowed[2:, 3:5].all()  # nodes see the text
+    assert allowed[2 + 4, 5:].tolist() == [False, False, False, True, True, False]  # node 4: node 3, itself
+    assert tree_positions(TREE, 3, 2)[0].tolist() == [3, 4, 5, 6, 7, 5, 6, 5]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(n_layers=2, seed=3)
+
+
+@pytest.mark.parametrize("cache", ["preallocated", "dynamic"])
+def test_tree_logits_score_every_path_as_a_fresh_pass_would(model, cache):
+    seq = [5, 17, 33, 2, 90, 41]
+    lm = CachedLM(model, cache=cache)
+    lm.logits(seq[:4])  # part of the text is cached already, two tokens are not
+    rows = lm.tree_logits(seq, TREE)
+    assert rows.shape == (len(TREE) + 1, model.config.vocab_size) and lm.length == len(seq) + len(TREE)
+
+    def fresh(tokens):
+        return CachedLM(model).logits(tokens)[0]
+
+    torch.testing.assert_close(rows[0], fresh(seq), atol=1e-4, rtol=1e-4)
+    for node in range(len(TREE)):
+        path = [TREE.tokens[i] for i in TREE.path_to(node)]
+        torch.testing.assert_close(rows[node + 1], fresh(seq + path), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cache", ["preallocated", "dynamic"])
+@pytest.mark.parametrize("path", [[3, 4], [0, 1, 2], [5], []])
+def test_keeping_a_path_then_continuing_equals_a_fresh_pass(model, cache, path):
+    seq = [5, 17, 33, 2, 90, 41]
+    lm = CachedLM(model, cache=cache, feature_layers=(0, 1))
+    lm.tree_logits(seq, TREE)
+    lm.keep_path(len(seq), path)
+    kept = seq + [TREE.tokens[i] for i in path]
+    assert lm.tokens == kept and lm.length == len(kept)
+    cont = lm.logits(kept + [3, 3], n_last=2)
+    fresh = CachedLM(model, feature_layers=(0, 1))
+    want = fresh.logits(kept + [3, 3], n_last=2)
+    torch.testing.assert_close(cont, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lm.features(), fresh.features(), atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_verification_follows_the_targets_argmax(model):
+    seq = [5, 17, 33, 2]
+    greedy = []
+    lm = CachedLM(model)
+    for _ in range(3):
+        greedy.append(int(lm.logits(seq + greedy)[0].argmax()))
+    wrong = [(t + 1) % model.config.vocab_size for t in greedy]
+    # the greedy path sits on the second branch; decoys beside it at every level
+    tree = TokenTree(tokens=(wrong[0], greedy[0], wrong[1], greedy[1], greedy[2]), parents=(-1, -1, 1, 1, 3))
+    rows = CachedLM(model).tree_logits(seq, tree)
+    path, nxt = verify_tree_greedy(rows, tree)
+    assert path == [1, 3, 4]
+    lm = CachedLM(model)
+    assert nxt == int(lm.logits(seq + greedy)[0].argmax())
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact sampling: an independent, analytic computation of the output distribution
+# ---------------------------------------------------------------------------------------------
+
+
+def _analytic_first_token(p, q, m, replacement):
+    """The exact distribution of the first emitted token of a depth-1 tree of ``m`` siblings
+    drawn from ``q``, enumerated over every draw."""
+    p, q = p.double(), q.double()
+    V = len(p)
+    out = torch.zeros(V, dtype=torch.float64)
+    for draw in itertools.product(range(V), repeat=m):
+        if not replacement and len(set(draw)) < m:
+            continue
+        prob, qs = 1.0, q.clone()
+        for x in draw:  # the probability of this draw
+            prob *= float(qs[x])
+            if not replacement:
+                qs[x] = 0
+                qs = qs / qs.sum() if qs.sum() > 0 else qs
+        if prob == 0:
+            continue
+        r, qs, carry = p.clone(), q.clone(), 1.0
+        for x in draw:
+            a = min(1.0, float(r[x] / qs[x]))
+            out[x] += prob * carry * a
+            carry *= 1 - a
+            res = (r - qs).clamp_min(0)
+            r = res / res.sum() if res.sum() > 0 else r
+            if not replacement:
+                qs[x] = 0
+                qs = qs / qs.sum() if qs.sum() > 0 else qs
+        out += prob * carry * r
+    return out
+
+
+CASES = {
+    "overlapping": (torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=F64), torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)),
+    "peaked_draft": (torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=F64), torch.tensor([0.85, 0.05, 0.05, 0.05], dtype=F64)),
+    "disjoint": (torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 0.0, 0.5, 0.5], dtype=F64)),
+}
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_multi_candidate_rejection_sampling_is_exact_analytically(case, m, replacement):
+    p, q = CASES[case]
+    if not replacement and m > int((q > 0).sum()):
+        pytest.skip("not enough distinct tokens to draw without replacement")
+    assert float(total_variation(_analytic_first_token(p, q, m, replacement), p)) <= 1e-9
+
+
+def _sampled_first_tokens(p, q, m, replacement, n, seed, wrong=False):
+    g = torch.Generator().manual_seed(seed)
+    V = len(p)
+    P = torch.stack([p] * (m + 1))
+    Q = torch.stack([q] * (m + 1))
+    out = []
+    for _ in range(n):
+        if replacement:
+            draw = torch.multinomial(q, m, replacement=True, generator=g).tolist()
+        else:
+            draw = torch.multinomial(q, m, replacement=False, generator=g).tolist()
+        tree = TokenTree(tokens=tuple(draw), parents=(-1,) * m)
+        if wrong:  # the plausible bug: every sibling tried against p itself, no residual
+            first = next((x for x in draw if torch.rand((), generator=g) * q[x] < p[x]), None)
+            out.append(first if first is not None else int(torch.multinomial(p, 1, generator=g)))
+            continue
+        path, nxt = verify_tree(P, Q, tree, g, replacement=replacement)
+        out.append(draw[path[0]] if path else nxt)
+    return torch.tensor(out, dtype=torch.long).clamp(max=V - 1)
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+def test_the_sampler_passes_chi_square_and_a_wrong_one_fails(replacement):
+    p, q = CASES["overlapping"]
+    got = _sampled_first_tokens(p, q, 2, replacement, 100_000, seed=1)
+    assert goodness_of_fit(got, p)[1] > PASS
+    bad = _sampled_first_tokens(p, q, 2, replacement, 20_000, seed=2, wrong=True)
+    assert goodness_of_fit(bad, p)[1] < FAIL

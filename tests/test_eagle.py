@@ -192,6 +192,9 @@ def test_training_lowers_held_out_loss_and_raises_acceptance(trained):
     assert a["loss"] < b["loss"] - 0.02  # the target is high-entropy at T=1: little to gain
     assert a["tau"] > b["tau"] + 0.3 and a["agree"][0] > b["agree"][0] + 0.1
     assert set(a["tau_by_domain"]) == {"d0", "d1"}
+    # the first guess of each step is what the chain's agreement counts; lower ranks catch more
+    assert a["rank_acceptance"][0][0] == pytest.approx(a["agree"][0], abs=0.02)
+    assert all(sum(row) <= 1 + 1e-9 for row in a["rank_acceptance"])
     assert history["held_out_loss"].iloc[-1] < history["held_out_loss"].iloc[0]
 
 
@@ -219,13 +222,16 @@ def test_head_benchmark_summarises_one_interleaved_run(target, trained):
     prompts = [(f"{d}/{i}", torch.randint(2, V, (6,), generator=g)) for d in ("code", "conversation")
                for i in range(2)]
     df = headbench.run_head_benchmark(target, target, head, draft, prompts, max_new_tokens=10, k=3, repeats=1,
-                                      progress=False)
-    assert set(df["method"]) == set(headbench.OURS + headbench.THEIRS) and len(df) == 4 * 9
+                                      progress=False, tree=dict(n_nodes=6, depth=3, top_k=2))
+    methods = headbench.OURS + headbench.THEIRS
+    assert set(df["method"]) == set(methods) and len(df) == 4 * len(methods)
     f = headbench.summarise_head(df, 3)
     sp = f["speedups"]
-    for key in ("eagle_vs_autoregressive", "autoregressive_vs_hf_autoregressive", "eagle_vs_hf_prompt_lookup"):
+    for key in ("eagle_vs_autoregressive", "autoregressive_vs_hf_autoregressive", "eagle_vs_hf_prompt_lookup",
+                "eagle_tree_vs_eagle", "ngram_tree_vs_ngram"):
         assert sp[key]["identical"] == sp[key]["runs"] == 4  # greedy: everyone writes the target's text
-    assert set(f["tau"]) >= {"eagle", "eagle_t1", "ngram", "int4"}
+    assert set(f["tau"]) >= {"eagle", "eagle_t1", "ngram", "int4", "eagle_tree", "eagle_tree_t1", "ngram_tree"}
+    assert 0 < f["tree_nodes"]["eagle_tree"] <= 6
     assert all(v >= 1 for row in f["tau"].values() for v in row.values())
     assert all(0 <= a <= 1 for a in f["position_acceptance"]["eagle"])
     assert f["fastest_transformers_method"] in headbench.THEIRS and f["cost_ratio"]["eagle"] > 0

@@ -183,3 +183,141 @@ def test_the_sampler_passes_chi_square_and_a_wrong_one_fails(replacement):
     assert goodness_of_fit(got, p)[1] > PASS
     bad = _sampled_first_tokens(p, q, 2, replacement, 20_000, seed=2, wrong=True)
     assert goodness_of_fit(bad, p)[1] < FAIL
+
+
+# ---------------------------------------------------------------------------------------------
+# Trees drafted by chapter 10's head, in the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def test_full_shape_is_closed_under_prefixes_and_elder_siblings():
+    from specdec.trees import check_shape
+    from specdec.trees import full_shape
+
+    shape = full_shape(3, 2, 9)
+    assert shape[:4] == [(0,), (1,), (0, 0), (0, 1)] and len(shape) == 9
+    check_shape(shape)
+    with pytest.raises(ValueError, match="parent"):
+        check_shape([(0,), (1, 0)])
+    with pytest.raises(ValueError, match="elder"):
+        check_shape([(1,)])
+
+
+@pytest.fixture(scope="module")
+def head_target():
+    from specdec import eagle
+
+    target = tiny_llama(n_layers=4, vocab=256, seed=0, init=0.05)
+    torch.manual_seed(0)
+    return eagle.EagleHead.for_target(target, torch.randperm(256)[:200]), target
+
+
+@pytest.mark.parametrize("cache", ["preallocated", "dynamic"])
+@pytest.mark.parametrize("options", [dict(), dict(depth=3, top_k=2, n_nodes=6),
+                                     dict(shape=[(0,), (0, 0), (0, 0, 0)]), dict(shape=[(0,), (1,), (2,), (0, 0)])],
+                         ids=["dynamic", "dynamic-small", "chain", "static"])
+def test_greedy_tree_speculation_equals_the_target(head_target, cache, options):
+    from specdec.decoding import autoregressive_generate
+    from specdec.eagle import EagleDrafter
+    from specdec.trees import tree_generate
+
+    head, target = head_target
+    prompt = torch.tensor([5, 17, 33, 2, 90, 41, 7, 64])
+    want = autoregressive_generate(target, prompt, 40, cache=cache).tokens
+    got = tree_generate(target, EagleDrafter(head), prompt, 40, cache=cache, **options)
+    assert got.tokens == want
+    assert all(a <= d for d, a in zip(got.drafted_per_round, got.accepted_per_round))
+
+
+def test_sampled_tree_speculation_runs(head_target):
+    from specdec.eagle import EagleDrafter
+    from specdec.sampling import SamplingParams
+    from specdec.trees import tree_generate
+
+    head, target = head_target
+    res = tree_generate(target, EagleDrafter(head), torch.tensor([5, 17, 33]), 30, SamplingParams(temperature=1.0),
+                        seed=2, depth=3, top_k=2, n_nodes=6)
+    assert len(res.tokens) == 30
+    with pytest.raises(ValueError, match="rank path"):
+        tree_generate(target, EagleDrafter(head), torch.tensor([5, 17]), 5, shape=[(0,), (0, 1)])
+
+
+def test_deterministic_siblings_are_verified_exactly():
+    """Prompt lookup's branches are one-point proposals: sibling after sibling, each accepted
+    with the residual's probability of its token; the first emitted token still follows p."""
+    p = CASES["overlapping"][0]
+    tree = TokenTree(tokens=(2, 0), parents=(-1, -1))
+    P = torch.stack([p] * 3)
+    g = torch.Generator().manual_seed(4)
+    first = []
+    for _ in range(100_000):
+        path, nxt = verify_tree(P, None, tree, g)
+        first.append(tree.tokens[path[0]] if path else nxt)
+    assert goodness_of_fit(torch.tensor(first), p)[1] > PASS
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompt_lookup_trees_in_the_loop(model, temperature):
+    from specdec.decoding import autoregressive_generate
+    from specdec.drafters import NGramDrafter
+    from specdec.sampling import SamplingParams
+    from specdec.trees import tree_generate
+
+    prompt = torch.tensor([5, 6, 7, 8, 5, 6, 9, 5, 6, 7, 3, 5, 6])  # "5 6" is followed by 7, 9 and 7
+    tree, q = NGramDrafter().propose_tree(prompt.tolist(), depth=3, top_k=3)
+    assert q is None and len(tree.children(-1)) >= 2  # several continuations become branches
+    params = SamplingParams(temperature=temperature)
+    got = tree_generate(model, NGramDrafter(), prompt, 30, params, seed=1, depth=3, top_k=3)
+    if temperature == 0:
+        assert got.tokens == autoregressive_generate(model, prompt, 30).tokens
+    else:
+        assert len(got.tokens) == 30
+
+
+def test_plan_shape_takes_the_most_probable_paths():
+    from specdec.trees import best_tree, plan_shape
+
+    acc = [[0.6, 0.2, 0.1], [0.5, 0.2]]
+    shape, expected = plan_shape(acc, 4)
+    # paths: (0) .6, (0,0) .3, (1) .2, (0,0,0) .15 (deeper levels reuse the last row), (0,1) .12, (2) .1
+    assert shape == [(0,), (0, 0), (1,), (0, 0, 0)] and expected == pytest.approx(0.6 + 0.3 + 0.2 + 0.15)
+    # brute force over every prefix- and sibling-closed shape of 4 nodes in a small universe
+    from specdec.trees import check_shape
+
+    universe = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (1, 1), (0, 0, 0)]
+
+    def value(sh):
+        def prob(path):
+            out = 1.0
+            for d, r in enumerate(path, start=1):
+                row = acc[min(d, len(acc)) - 1]
+                out *= row[r] if r < len(row) else 0.0
+            return out
+        return sum(prob(p) for p in sh)
+
+    best = 0.0
+    for combo in itertools.combinations(universe, 4):
+        try:
+            check_shape(list(combo))
+        except ValueError:
+            continue
+        best = max(best, value(combo))
+    assert expected == pytest.approx(best)
+    table = best_tree(acc, verify_cost=lambda n: 1.0 + 0.05 * (n - 1), draft_cost=0.05, sizes=range(1, 9))
+    assert table["expected_tokens"].is_monotonic_increasing and (table["cost"] > 1).all()
+
+
+@pytest.mark.parametrize("options", [dict(depth=3, top_k=2, n_nodes=6), dict(shape=[(0,), (1,), (0, 0), (0, 1)])],
+                         ids=["dynamic", "static"])
+def test_model_draft_trees_in_the_loop(model, options):
+    from specdec.decoding import autoregressive_generate
+    from specdec.drafters import ModelDrafter
+    from specdec.sampling import SamplingParams
+    from specdec.trees import tree_generate
+
+    draft = tiny_llama(n_layers=1, seed=4)
+    prompt = torch.tensor([5, 17, 33, 2, 90])
+    want = autoregressive_generate(model, prompt, 30).tokens
+    assert tree_generate(model, ModelDrafter(draft), prompt, 30, **options).tokens == want
+    res = tree_generate(model, ModelDrafter(draft), prompt, 30, SamplingParams(temperature=1.0), seed=3, **options)
+    assert len(res.tokens) == 30

@@ -16,6 +16,7 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.profiling` -- timers and memory per phase (ch. 5)
 * :mod:`specdec.fastpath`  -- the target's compute path (dtype, packed weights), chosen by measuring (ch. 5)
 * :mod:`specdec.enginebench` -- our loops against transformers' generate() in one run (ch. 5)
+* :mod:`specdec.hfpeers`   -- transformers' generate(), timed as our loops are (ch. 5-7, 10)
 * :mod:`specdec.metrics`   -- GenerationResult, the one speedup definition, JSON lines (ch. 5-7)
 * :mod:`specdec.profiles`  -- the workload switch SPECDEC_PROFILE and its sweeps (all chapters)
 * :mod:`specdec.bench`     -- the benchmark harness: sweeps, timing, provenance (ch. 6-7)
@@ -24,6 +25,11 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.prompts`   -- the prompt sets, encoding a prompt, stop tokens (ch. 2-9)
 * :mod:`specdec.crossvocab` -- speculation across vocabularies (ch. 8)
 * :mod:`specdec.selfspec`  -- bytes and agreement of quantized self-speculation (ch. 9)
+* :mod:`specdec.eagle`     -- a draft head on the target's hidden states, and its drafter (ch. 10)
+* :mod:`specdec.headdata`  -- the head's training text: the target's answers and features (ch. 10)
+* :mod:`specdec.headtrain` -- training the head with the training-time test; the recipe (ch. 10)
+* :mod:`specdec.headbench` -- the head against every drafter and transformers, interleaved (ch. 10-11)
+* :mod:`specdec.trees`     -- token trees: mask, exact verification, shape from the verify cost (ch. 11)
 * :mod:`specdec.cli`       -- command-line argument checks shared by the commands
 * :mod:`specdec.book`      -- helpers for presenting results in the book
 """

@@ -373,59 +373,20 @@ def _threads(one: bool):
 # --------------------------------------------------------------------------------------------
 
 
-class _TimingStreamer:
-    """A transformers streamer that notes the time each batch of new tokens arrives."""
-
-    def __init__(self, t0: float):
-        self.t0, self.times, self.sizes, self._prompt_seen = t0, [], [], False
-
-    def put(self, value):
-        if not self._prompt_seen:  # generate() first streams the prompt itself
-            self._prompt_seen = True
-            return
-        self.times.append(time.perf_counter() - self.t0)
-        self.sizes.append(int(value.numel()))
-
-    def end(self):
-        pass
-
-
 def _hf_generate(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> GenerationResult:
-    params = cfg.params
-    stops = sorted(pair.stop_ids)
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, do_sample=not params.greedy,
-                  eos_token_id=stops or None, pad_token_id=stops[0] if stops else 0)
-    if not params.greedy:
-        kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+    """A transformers method of ``cfg`` on the loaded pair (:func:`specdec.hfpeers.hf_generate`)."""
+    from .hfpeers import hf_generate
+
     extra = {}
     if cfg.method == "hf_assisted":
         if pair.draft is None:
             raise ValueError(f"pair {pair.name!r} has no draft model: use hf_prompt_lookup")
-        kwargs.update(num_assistant_tokens=cfg.k, num_assistant_tokens_schedule="constant",
-                      assistant_confidence_threshold=0.0)
-        extra["assistant_model"] = pair.draft
+        extra = dict(assistant_model=pair.draft, num_assistant_tokens=cfg.k, num_assistant_tokens_schedule="constant",
+                     assistant_confidence_threshold=0.0)
     elif cfg.method == "hf_prompt_lookup":
-        kwargs.update(prompt_lookup_num_tokens=cfg.k, max_matching_ngram_size=NGramDrafter().max_ngram)
-    device = next(pair.target.parameters()).device
-    ids = prompt.view(1, -1).to(device)
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    streamer = _TimingStreamer(t0)
-    with torch.inference_mode():
-        out = pair.target.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs, **extra)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    total = time.perf_counter() - t0
-    tokens = out[0, ids.shape[1]:].tolist()
-    # token latencies: each streamed batch arrives at one time; its first token carries the gap
-    lat, prev = [], 0.0
-    for t, size in zip(streamer.times, streamer.sizes):
-        lat += [t - prev] + [0.0] * (size - 1)
-        prev = t
-    lat = lat[: len(tokens)]
-    return GenerationResult(method=cfg.method, tokens=tokens, prompt_tokens=int(ids.shape[1]), total_s=total,
-                            ttft_s=streamer.times[0] if streamer.times else total, token_latencies_s=lat,
-                            meta={"streamed_batches": streamer.sizes})
+        extra = dict(prompt_lookup_num_tokens=cfg.k, max_matching_ngram_size=NGramDrafter().max_ngram)
+    return hf_generate(pair.target, prompt, cfg.max_new_tokens, cfg.params, pair.stop_ids, cfg.method, cfg.seed,
+                       **extra)
 
 
 def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> GenerationResult:

@@ -3,7 +3,8 @@
 A drafter has one method, :meth:`Drafter.propose`: given the text so far, return up to
 ``k`` token ids and the distribution each was drawn from. A model-free drafter returns
 ``None`` for the distributions: its proposals are deterministic, i.e. one-hot, and the
-loop builds the one-hot rows itself in the target's vocabulary.
+loop builds the one-hot rows itself in the target's vocabulary. Drafters that can also draft
+token trees (chapter 11) have ``propose_tree``, used by :func:`specdec.trees.tree_generate`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,27 @@ class ModelDrafter:
                 logits = self.lm.advance(token.view(1))[0]
         return torch.stack(tokens), (torch.stack(probs) if probs else None)
 
+    @torch.inference_mode()
+    def propose_tree(self, seq, params, generator=None, shape=None, depth: int = 4, top_k: int = 4,
+                     n_nodes: int = 16):
+        """A token tree and its draft distributions (:func:`specdec.trees.grow_tree`). Each level
+        re-scores the tree grown so far in one tree pass of the draft
+        (:meth:`specdec.cache.CachedLM.tree_logits`); afterwards the draft's cache holds the
+        text only."""
+        from .trees import TokenTree, grow_tree
+
+        seq = list(seq) if not isinstance(seq, list) else seq
+        root = self.lm.logits(seq, n_last=1)[0]
+
+        def expand(nodes, tokens, parents, depths):
+            rows = self.lm.tree_logits(seq, TokenTree(tuple(tokens), tuple(parents)))
+            return rows[[n + 1 for n in nodes]]
+
+        try:
+            return grow_tree(root, expand, params, generator, shape, depth, top_k, n_nodes)
+        finally:
+            self.lm.crop(min(self.lm.length, len(seq)))  # the tree's nodes are not text
+
 
 class NGramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the text's last n tokens and
@@ -93,3 +115,38 @@ class NGramDrafter:
                 start = int(hits[-1]) + n
                 return seq[start : start + k].clone(), None
         return torch.empty(0, dtype=torch.long), None
+
+    def propose_tree(self, seq, params=None, generator=None, depth: int = 4, top_k: int = 4, n_nodes: int = 16,
+                     shape=None):
+        """Up to ``top_k`` different continuations, from the latest matches of the longest
+        n-grams first, merged into a tree of at most ``n_nodes`` nodes and ``depth`` levels
+        (``shape`` is ignored: the matches decide the shape). Deterministic: the distributions
+        are ``None`` (each branch a one-point proposal, :func:`specdec.trees.verify_tree`)."""
+        from .trees import TokenTree
+
+        seq = torch.as_tensor(seq).cpu()
+        continuations: list[list[int]] = []
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            windows = seq.unfold(0, n, 1)[:-1]
+            hits = (windows == seq[-n:]).all(-1).nonzero().flatten().tolist()
+            for start in reversed(hits):
+                cont = seq[start + n: start + n + depth].tolist()
+                if cont and cont not in continuations:
+                    continuations.append(cont)
+                if len(continuations) == top_k:
+                    break
+            if len(continuations) == top_k:
+                break
+        tokens, parents, where = [], [], {}
+        for cont in continuations:
+            parent = -1
+            for t in cont:
+                key = (parent, t)
+                if key not in where:
+                    if len(tokens) == n_nodes:
+                        break
+                    where[key] = len(tokens)
+                    tokens.append(t)
+                    parents.append(parent)
+                parent = where[key]
+        return TokenTree(tuple(tokens), tuple(parents)), None

@@ -236,6 +236,18 @@ class EagleHead(nn.Module):
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return self._finish(feature, attn)
 
+    def step_tree(self, cache: HeadCache, feature: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                  visible: torch.Tensor) -> torch.Tensor:
+        """Read tree nodes' pairs ``(feature (m, H), tokens (m,))`` at ``positions (m,)``; entry
+        ``i`` attends to the cache entries where ``visible[i]`` (``(m, cache.length + m)`` bool:
+        the real pairs, its ancestors' entries and its own). Returns ``h (m, H)``."""
+        q, k, v = self._qkv(feature, tokens, positions)
+        keys, values = cache.append(k, v)
+        if visible.shape != (feature.shape[0], keys.shape[1]):
+            raise ValueError(f"visible must have shape {(feature.shape[0], keys.shape[1])}, got {tuple(visible.shape)}")
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, enable_gqa=True)
+        return self._finish(feature, attn)
+
     # -- training: every position at once, unrolled on the head's own outputs ----------------
 
     def unrolled(self, features: torch.Tensor, tokens: torch.Tensor, steps: int) -> list[torch.Tensor]:
@@ -301,23 +313,29 @@ class EagleDrafter:
         self.cache = HeadCache()
         self.n_real = 0  # real pairs (target features) the head cache holds
 
-    @torch.inference_mode()
-    def propose(self, seq, k, params, generator=None):
+    def _catch_up(self, seq) -> torch.Tensor:
+        """Feed the head the real pairs it has not seen; returns its output at the last one."""
         if self.target_lm is None:
             raise RuntimeError("EagleDrafter needs the target's cache: speculative_generate binds it")
         head = self.head
-        device = head.d2t.device
-        if k == 0:
-            return torch.empty(0, dtype=torch.long, device=device), None
         end = len(seq) - 1  # pairs 0 .. end-1 are known: the target has read all but the last token
         if self.target_lm.length < end or self.n_real > end:
             raise RuntimeError(f"the head is out of step with the target (target read {self.target_lm.length} "
                                f"tokens, head holds {self.n_real} pairs, text has {len(seq)})")
         self.cache.crop(self.n_real)  # forget last round's draft steps
         feats = self.target_lm.features(self.n_real, end).to(head.lm_rows.dtype)
-        toks = torch.tensor(seq[self.n_real + 1: end + 1], dtype=torch.long, device=device)
+        toks = torch.tensor(seq[self.n_real + 1: end + 1], dtype=torch.long, device=head.d2t.device)
         h = head.step(self.cache, head.fuse(feats), toks, start=self.n_real)[-1:]
         self.n_real = end
+        return h
+
+    @torch.inference_mode()
+    def propose(self, seq, k, params, generator=None):
+        head = self.head
+        if k == 0:
+            return torch.empty(0, dtype=torch.long, device=head.d2t.device), None
+        h = self._catch_up(seq)
+        end = self.n_real
         tokens, probs = [], []
         for i in range(k):
             logits = head.logits(h)[0]
@@ -332,6 +350,42 @@ class EagleDrafter:
             if i + 1 < k:
                 h = head.step(self.cache, h, token.view(1), start=end + i)
         return torch.stack(tokens), (torch.stack(probs) if probs else None)
+
+    @torch.inference_mode()
+    def propose_tree(self, seq, params, generator=None, shape=None, depth: int = 4, top_k: int = 4,
+                     n_nodes: int = 16):
+        """A token tree and its draft distributions (:func:`specdec.trees.grow_tree`, which
+        documents ``shape``, ``depth``, ``top_k`` and ``n_nodes``). Each level's nodes are read
+        by the head in one step, each attending to the real pairs, its ancestors and itself."""
+        from .trees import grow_tree
+
+        head = self.head
+        device = head.d2t.device
+        h_root = self._catch_up(seq)
+        end = self.n_real
+        out_h, entry = {-1: h_root}, {}
+
+        def expand(nodes, tokens, parents, depths):
+            hs = torch.cat([out_h[parents[n]] for n in nodes])
+            toks = torch.tensor([tokens[n] for n in nodes], device=device)
+            positions = torch.tensor([end + depths[n] - 1 for n in nodes], device=device)
+            base = self.cache.length
+            visible = torch.zeros(len(nodes), base + len(nodes), dtype=torch.bool, device=device)
+            visible[:, : self.n_real] = True
+            for i, n in enumerate(nodes):
+                a = parents[n]
+                while a >= 0:
+                    visible[i, entry[a]] = True
+                    a = parents[a]
+                visible[i, base + i] = True
+                entry[n] = base + i
+            new = head.step_tree(self.cache, hs, toks, positions, visible)
+            for i, n in enumerate(nodes):
+                out_h[n] = new[i: i + 1]
+            return head.logits(new)
+
+        return grow_tree(head.logits(h_root)[0], expand, params, generator, shape, depth, top_k, n_nodes,
+                         d2t=head.d2t, vocab_size=head.vocab_size)
 
 
 # -- files -----------------------------------------------------------------------------------

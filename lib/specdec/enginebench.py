@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
-from .metrics import GenerationResult, speedup
+from .metrics import speedup
 from .sampling import GREEDY, SamplingParams
 
 __all__ = ["forward_seconds", "PEERS", "our_method", "hf_method", "run_interleaved", "run_engine_benchmark",
@@ -55,34 +55,6 @@ def forward_seconds(*models: torch.nn.Module):
             h.remove()
 
 
-def _hf_greedy(model, prompt: torch.Tensor, max_new_tokens: int, stop_ids, method: str, **kwargs) -> GenerationResult:
-    """``generate()`` greedily, timed as our loops are (the first token's arrival streamed)."""
-    first: list[float] = []
-
-    class _FirstToken:
-        def __init__(self):
-            self.seen_prompt = False
-
-        def put(self, value):
-            if self.seen_prompt and not first:
-                first.append(time.perf_counter())
-            self.seen_prompt = True
-
-        def end(self):
-            pass
-
-    stops = sorted(stop_ids)
-    ids = prompt.view(1, -1)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             min_new_tokens=0, do_sample=False, eos_token_id=stops or None,
-                             pad_token_id=stops[0] if stops else 0, streamer=_FirstToken(), **kwargs)
-    total = time.perf_counter() - t0
-    return GenerationResult(method=method, tokens=out[0, ids.shape[1]:].tolist(), prompt_tokens=ids.shape[1],
-                            total_s=total, ttft_s=(first[0] - t0) if first else total, token_latencies_s=[])
-
-
 def our_method(target: torch.nn.Module, make_drafter=None, k: int = 4, max_new_tokens: int = 64,
                params: SamplingParams = GREEDY, stop_ids=frozenset(), models=()):
     """A method for :func:`run_interleaved`: our autoregressive loop (``make_drafter`` None) or
@@ -109,8 +81,11 @@ def our_method(target: torch.nn.Module, make_drafter=None, k: int = 4, max_new_t
 
 
 def hf_method(model: torch.nn.Module, name: str, max_new_tokens: int = 64, stop_ids=frozenset(), **kwargs):
-    """A method for :func:`run_interleaved`: ``model.generate(**kwargs)``, greedy."""
-    return lambda prompt: dict(result=_hf_greedy(model, prompt, max_new_tokens, stop_ids, name, **kwargs))
+    """A method for :func:`run_interleaved`: ``model.generate(**kwargs)``, greedy
+    (:func:`specdec.hfpeers.hf_generate`)."""
+    from .hfpeers import hf_generate
+
+    return lambda prompt: dict(result=hf_generate(model, prompt, max_new_tokens, GREEDY, stop_ids, name, **kwargs))
 
 
 def run_interleaved(methods: dict, prompts: list[tuple[str, torch.Tensor]], repeats: int = 3, progress: bool = True,

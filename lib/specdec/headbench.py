@@ -7,6 +7,10 @@ none of them, :mod:`specdec.headdata`), round robin through
 * ours, on the target path chosen here: autoregressive, the head (``eagle``), prompt lookup
   (``ngram``) and a 4-bit weight-only copy of the target (``int4``), all with the same K;
   at temperature 1 the autoregressive loop and the head again (``*_t1``);
+* ours with token trees (chapter 11, :func:`specdec.trees.tree_generate`): the head's trees
+  greedy (``eagle_tree``, grown dynamically to the size :func:`specdec.trees.best_tree` picks
+  from this machine's measured verify cost) and at temperature 1 (``eagle_tree_t1``, the static
+  shape of that size), and prompt lookup's matches as branches (``ngram_tree``);
 * ``transformers``: ``generate()``, with prompt lookup, and with the 4-bit copy as assistant.
 
 It reports, from that one run: tokens per target pass (``tau``) and acceptance by draft
@@ -27,7 +31,8 @@ from .sampling import SamplingParams
 __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "summarise_head",
            "head_report", "format_head_report"]
 
-OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1")
+OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
+        "ngram_tree")
 THEIRS = ("hf_autoregressive", "hf_prompt_lookup", "hf_assisted")
 T1 = SamplingParams(temperature=1.0)
 
@@ -39,10 +44,30 @@ def results_path():
     return Path(__file__).resolve().parents[2] / "data" / "results" / "head_cpu.json"
 
 
+def tree_method(target, make_drafter, max_new_tokens: int = 64, params: SamplingParams | None = None,
+                stop_ids=frozenset(), **tree_options):
+    """A method for :func:`specdec.enginebench.run_interleaved`: :func:`specdec.trees.tree_generate`."""
+    from .trees import tree_generate
+
+    def run(prompt):
+        res = tree_generate(target, make_drafter(), prompt, max_new_tokens, params, frozenset(stop_ids), **tree_options)
+        return dict(result=res, draft_s=res.phase_s.get("draft", 0.0), n_drafted=sum(res.drafted_per_round),
+                    n_accepted=sum(res.accepted_per_round), n_rounds=len(res.round_latencies_s))
+
+    return run
+
+
 def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=frozenset(), max_new_tokens: int = 64,
-                       k: int = 4, repeats: int = 3, progress: bool = True):
-    """One interleaved run of :data:`OURS` and :data:`THEIRS`; a DataFrame of records."""
+                       k: int = 4, repeats: int = 3, progress: bool = True, tree: dict | None = None):
+    """One interleaved run of :data:`OURS` and :data:`THEIRS`; a DataFrame of records.
+
+    ``tree``: the trees' options, ``n_nodes``, ``depth`` and ``shape`` (the static shape for
+    sampling); by default 16 nodes, 4 levels of 4."""
     from .eagle import EagleDrafter
+    from .trees import full_shape
+
+    tree = dict(n_nodes=16, depth=4, top_k=4) | (tree or {})
+    shape = tree.get("shape") or full_shape(tree["depth"], tree["top_k"], tree["n_nodes"])
 
     common = dict(max_new_tokens=max_new_tokens, stop_ids=frozenset(stop_ids))
     methods = {
@@ -52,6 +77,11 @@ def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=froze
         "int4": our_method(fast_target, lambda: ModelDrafter(draft, name="int4"), k, models=(draft,), **common),
         "autoregressive_t1": our_method(fast_target, None, params=T1, **common),
         "eagle_t1": our_method(fast_target, lambda: EagleDrafter(head), k, params=T1, **common),
+        "eagle_tree": tree_method(fast_target, lambda: EagleDrafter(head), depth=tree["depth"], top_k=tree["top_k"],
+                                  n_nodes=tree["n_nodes"], **common),
+        "eagle_tree_t1": tree_method(fast_target, lambda: EagleDrafter(head), params=T1, shape=shape, **common),
+        "ngram_tree": tree_method(fast_target, NGramDrafter, depth=tree["depth"], top_k=tree["top_k"],
+                                  n_nodes=tree["n_nodes"], **common),
         "hf_autoregressive": hf_method(target, "hf_autoregressive", **common),
         "hf_prompt_lookup": hf_method(target, "hf_prompt_lookup", prompt_lookup_num_tokens=k,
                                       max_matching_ngram_size=NGramDrafter().max_ngram, **common),
@@ -95,13 +125,17 @@ def summarise_head(df, k: int) -> dict:
     ar = df[df["method"] == "autoregressive"]
     ar_step = (ar["decode_steps_s"] / (ar["n_new"] - 1)).median()
     out = {"tau": tau_table(df).round(4).to_dict(orient="index"),
-           "position_acceptance": {m: position_acceptance(df, m, k).tolist() for m in ("eagle", "eagle_t1", "int4")}}
+           "position_acceptance": {m: position_acceptance(df, m, k).tolist() for m in ("eagle", "eagle_t1", "int4")},
+           "tree_nodes": {m: float(df[df["method"] == m]["n_drafted"].sum() / max(1, df[df["method"] == m]["n_rounds"].sum()))
+                          for m in ("eagle_tree", "eagle_tree_t1", "ngram_tree")}}
     cost = {}
     for m in ("eagle", "int4"):
         d = df[df["method"] == m]
         cost[m] = float((d["draft_s"] / d["n_drafted"].clip(lower=1)).median() / ar_step)
     out["cost_ratio"] = cost
     pairs = [("eagle", "autoregressive"), ("eagle_t1", "autoregressive_t1"), ("ngram", "autoregressive"),
+             ("eagle_tree", "autoregressive"), ("eagle_tree_t1", "autoregressive_t1"), ("ngram_tree", "autoregressive"),
+             ("eagle_tree", "eagle"), ("eagle_tree_t1", "eagle_t1"), ("ngram_tree", "ngram"),
              ("int4", "autoregressive"), ("autoregressive", "hf_autoregressive"),
              ("eagle", "hf_autoregressive"), ("eagle", "hf_prompt_lookup"), ("eagle", "hf_assisted"),
              ("hf_prompt_lookup", "hf_autoregressive"), ("hf_assisted", "hf_autoregressive")]
@@ -112,6 +146,51 @@ def summarise_head(df, k: int) -> dict:
     out["fastest_transformers_method"] = fastest
     out["eagle_vs_fastest_transformers"] = out["speedups"][f"eagle_vs_{fastest}"]
     return out
+
+
+def verify_costs(model, ns=(1, 2, 3, 5, 9, 17, 33), context: int = 256, repeats: int = 5) -> dict[int, float]:
+    """v(n): the measured cost of scoring ``n`` tokens in one pass, in decode steps (medians)."""
+    from .roofline import time_forwards
+
+    times = time_forwards({"m": model}, ns, context, repeats=repeats, warmup=2, desc="verify cost")["m"]
+    base = float(np.median(times[1]))
+    return {n: float(np.median(t)) / base for n, t in times.items()}
+
+
+def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
+    """One head step (a level of drafting) over one target decode step, timed here."""
+    import time
+
+    from .eagle import HeadCache
+    from .roofline import time_forwards
+
+    H = head.cfg.hidden_size
+    cache = HeadCache()
+    with torch.inference_mode():
+        head.step(cache, torch.zeros(context, H), torch.zeros(context, dtype=torch.long), 0)
+        x, t = torch.zeros(1, H), torch.zeros(1, dtype=torch.long)
+        samples = []
+        for _ in range(repeats):
+            cache.crop(context)
+            t0 = time.perf_counter()
+            head.logits(head.step(cache, x, t, context))
+            samples.append(time.perf_counter() - t0)
+    step = np.median(time_forwards({"m": model}, [1], context, repeats=repeats, warmup=2, desc="decode step")["m"][1])
+    return float(np.median(samples) / step)
+
+
+def choose_tree(head_meta: dict, v: dict[int, float], level_cost: float, max_nodes: int = 32):
+    """The tree size :func:`specdec.trees.best_tree` picks from the head's held-out acceptance by
+    rank (``head.json``) and this machine's verify cost (interpolated between measured sizes)."""
+    from .trees import best_tree
+
+    ranks = head_meta["provenance"]["held_out_eval"]["rank_acceptance"]
+    xs = sorted(v)
+    table = best_tree(ranks, lambda n: float(np.interp(n, xs, [v[x] for x in xs])), level_cost,
+                      sizes=range(1, max_nodes + 1))
+    best = table.loc[table["tokens_per_step"].idxmax()]
+    return dict(n_nodes=int(best["n_nodes"]), depth=int(best["depth"]), top_k=max(1 + max(r[-1] for r in best["shape"]), 1),
+                shape=[list(r) for r in best["shape"]]), table
 
 
 def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, repeats: int = 3,
@@ -125,7 +204,7 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     from pathlib import Path
 
     from . import bench, fastpath, quant
-    from .eagle import load_book_head
+    from .eagle import book_head_dir, load_book_head
     from .loaders import load_smollm2
     from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
 
@@ -140,11 +219,17 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     path, table = fastpath.choose_path(target)
     fast = fastpath.prepare(target, path)
     head = load_book_head(target)
+    head_meta = json.loads((book_head_dir() / "head.json").read_text())
     draft, _ = quant.fastest_weight_only_copy(target, 4)
+    v = verify_costs(fast)
+    level_cost = head_step_cost(head, fast)
+    tree, tree_table = choose_tree(head_meta, v, level_cost)
     prompts = [(p["id"], encode_prompt(tokenizer, p["prompt"])) for d in DOMAINS for p in load_prompts(d, n_per_domain)]
     stops = frozenset(stop_token_ids(tokenizer, target))
-    df = run_head_benchmark(target, fast, head, draft, prompts, stops, max_new_tokens, k, repeats, progress)
+    df = run_head_benchmark(target, fast, head, draft, prompts, stops, max_new_tokens, k, repeats, progress, tree)
     report = dict(figures=summarise_head(df, k), path=path.to_dict(), paths=table.to_dict("records"), k=k,
+                  verify_cost=v, level_cost=level_cost, tree=tree,
+                  tree_table=tree_table.drop(columns=["shape"]).to_dict("records"),
                   n_per_domain=n_per_domain, max_new_tokens=max_new_tokens, repeats=repeats,
                   threads=torch.get_num_threads(),
                   records=df.drop(columns=["result"]).assign(

@@ -86,10 +86,22 @@ def head_loss(head, batch, steps: int, decay: float = 0.8):
         total = total + decay ** (j - 1) * (ce * m).sum() / rows
         weight += decay ** (j - 1)
         with torch.no_grad():
-            agree = (head.d2t[logq.argmax(-1)] == argmax[:, j: j + n]).float()
+            best = argmax[:, j: j + n]
+            agree = (head.d2t[logq.argmax(-1)] == best).float()
             accept = torch.minimum(p, logq.exp()).sum(-1)
-            stats.append(dict(agree=agree, accept=accept, mask=mask, ce=ce.detach()))
+            # where the target's argmax ranks among the head's guesses (len(d2t): not among them)
+            idx = _target_to_draft(head)[best.clamp(min=0)]
+            mine = logq.gather(-1, idx.clamp(min=0).unsqueeze(-1))
+            rank = torch.where(idx >= 0, (logq > mine).sum(-1), torch.full_like(idx, len(head.d2t)))
+            stats.append(dict(agree=agree, accept=accept, mask=mask, ce=ce.detach(), rank=rank))
     return total / weight, stats
+
+
+def _target_to_draft(head) -> torch.Tensor:
+    """``t2d[token id]``: the token's index in the draft vocabulary, -1 where it has none."""
+    t2d = torch.full((head.vocab_size,), -1, dtype=torch.long, device=head.d2t.device)
+    t2d[head.d2t] = torch.arange(len(head.d2t), device=head.d2t.device)
+    return t2d
 
 
 @dataclass(frozen=True)
@@ -192,7 +204,8 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
 
 
 @torch.no_grad()
-def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096, by_domain: bool = False) -> dict:
+def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096, by_domain: bool = False,
+                  ranks: int = 4) -> dict:
     """Held-out figures of ``head`` on ``fs``: loss (the unweighted mean over steps), per draft
     position the greedy agreement with the target given the earlier ones agreed
     (``agree[j]``: the fraction of chains still alive at step ``j+1`` that step ``j+1``
@@ -201,11 +214,14 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
     (accepted drafts + the target's own token), from every answer position. On greedy text
     these are what drafting gives (an accepted draft token equals the text's next token); on
     sampled text they are the agreement with the target's argmax along the text.
-    ``by_domain`` adds ``tau_by_domain``."""
+    ``by_domain`` adds ``tau_by_domain``. ``rank_acceptance[j][r]``: among chains alive at step
+    ``j+1``, the share whose target token is the head's ``r``-th guess (``r < ranks``) -- what
+    a greedy tree's ``r``-th child at that depth would catch (:func:`specdec.trees.plan_shape`)."""
     was_training = head.training
     head.eval()
     g = torch.Generator().manual_seed(0)
     alive_sum = torch.zeros(steps + 1)
+    rank_sum = torch.zeros(steps, ranks)
     accept_sum, accept_rows = torch.zeros(steps), torch.zeros(steps)
     loss_sum, loss_rows = 0.0, 0.0
     accepted_total, chains = 0.0, 0.0
@@ -221,6 +237,9 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
         alive_sum[0] += base.sum().item()
         for j, st in enumerate(stats):
             valid = st["mask"] & base
+            live = alive & valid  # chains alive before this step
+            for r in range(ranks):
+                rank_sum[j, r] += (live & (st["rank"] == r)).sum().item()
             alive = alive & valid & (st["agree"] > 0)
             length += alive.float()
             alive_sum[j + 1] += alive.sum().item()
@@ -239,7 +258,8 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
     if was_training:
         head.train()
     agree = [(alive_sum[j + 1] / alive_sum[j]).item() if alive_sum[j] else math.nan for j in range(steps)]
-    out = dict(loss=loss_sum / max(loss_rows, 1), agree=agree,
+    rank_acc = [(rank_sum[j] / alive_sum[j]).tolist() if alive_sum[j] else [math.nan] * ranks for j in range(steps)]
+    out = dict(loss=loss_sum / max(loss_rows, 1), agree=agree, rank_acceptance=rank_acc,
                accept=(accept_sum / accept_rows.clamp(min=1)).tolist(),
                tau=1.0 + accepted_total / max(chains, 1), n_positions=int(chains))
     if by_domain:
@@ -263,10 +283,13 @@ def default_answers_path():
 
 def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_new_tokens: int = 256,
                batch_size: int = 16, draft_vocab: int = 8192, feature_layers=None, held_out_every: int = 20,
-               config: TrainConfig = TrainConfig(), progress: bool = True, log=print):
+               config: TrainConfig = TrainConfig(), reference_tokens: int = 0, progress: bool = True, log=print):
     """Prompts to a trained head: the target's answers (read from ``answers_path`` where it
     holds every prompt's, else generated and written there), the draft vocabulary, the
     features, training. Every ``held_out_every``-th text is held out for the curves.
+    ``reference_tokens`` adds that much text the target did not write
+    (:func:`specdec.headdata.reference_samples`) to the training texts only; the draft
+    vocabulary and every held-out figure come from the target's answers.
 
     The answers and the features are computed on the target's fastest path here
     (:func:`specdec.fastpath.choose_path`), the path the loop will run it on.
@@ -275,7 +298,8 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     """
     from .eagle import EagleHead
     from .fastpath import choose_path, prepare
-    from .headdata import draft_vocabulary, extract_features, generate_answers, load_answers, save_answers
+    from .headdata import (draft_vocabulary, extract_features, generate_answers, load_answers, reference_samples,
+                           save_answers)
     from .prompts import stop_token_ids
 
     if not prompts:
@@ -303,6 +327,11 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     train = [s for i, s in enumerate(samples) if i % held_out_every != held_out_every - 1]
     d2t = draft_vocabulary(train, draft_vocab, always=sorted(stops))
     head = EagleHead.for_target(target, d2t, feature_layers)
+    n_answer_tokens = sum(len(s.answer) for s in train)
+    if reference_tokens:
+        extra = reference_samples(tokenizer, reference_tokens, progress=progress)
+        info["n_reference_tokens"] = sum(len(s.answer) for s in extra)
+        train = train + extra
     t = time.perf_counter()
     train_fs = extract_features(engine, train, head.cfg.feature_layers, progress=progress)
     held_fs = extract_features(engine, held, head.cfg.feature_layers, progress=progress)
@@ -310,7 +339,9 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     t = time.perf_counter()
     history = train_head(head, train_fs, held_fs, config, progress=progress)
     info["train_seconds"] = time.perf_counter() - t
-    info.update(n_train_texts=len(train), n_held_out_texts=len(held), n_train_answer_tokens=train_fs.n_answer_tokens,
+    info["held_out_eval"] = evaluate_head(head, held_fs, steps=config.eval_k, by_domain=True, ranks=8)
+    info.update(n_train_texts=len(train), n_held_out_texts=len(held), n_train_answer_tokens=n_answer_tokens,
+                n_train_tokens=train_fs.n_answer_tokens,
                 n_held_out_answer_tokens=held_fs.n_answer_tokens, draft_vocab=len(d2t),
                 feature_layers=list(head.cfg.feature_layers))
     return head, history, info
@@ -340,6 +371,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=cli.float_range(0.0, 1.0, min_open=True), default=1e-3)
     ap.add_argument("--max-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
                     help="stop training after this many minutes")
+    ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=0,
+                    help="tokens of standard-library source and documentation added to the training text")
     args = ap.parse_args(argv)
     command = shlex.join(["python", "-m", "specdec.headtrain", *(argv if argv is not None else sys.argv[1:])])
     record = provenance(command=command)
@@ -349,7 +382,7 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
                          max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     head, history, info = build_head(target, tokenizer, prompts, args.answers, args.max_new_tokens, args.batch_size,
-                                     args.draft_vocab, config=config)
+                                     args.draft_vocab, config=config, reference_tokens=args.reference_tokens)
     record.update(info, train_config=dataclasses.asdict(config), load_average_end=load_average(),
                   held_out=history.iloc[-1].to_dict())
     out = save_head(head, args.out, provenance=record)

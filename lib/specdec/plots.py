@@ -44,17 +44,22 @@ def _grid(n: int, width: float = 10.0, row_height: float = 3.4, ncols: int = 3, 
 
 
 def speedup_heatmap(df: pd.DataFrame, method: str = "speculative", value: str = "speedup", ax=None):
-    """Speedup per pair (rows) and K (columns): the geometric mean over domains and prompts of
-    each prompt's median over repeats, with the range over repeats below it
-    (:func:`specdec.analysis.speedup_table`).
+    """Speedup per pair (rows; per pair and temperature where the results hold several) and K
+    (columns): the geometric mean over domains and prompts of each prompt's median over
+    repeats, with the range over repeats below it (:func:`specdec.analysis.speedup_table`).
 
     ``value`` is ``speedup`` (decode-only, the headline) or ``speedup_e2e`` (first token
     included). Cells above 1 are faster than the pair's own autoregressive baseline.
     """
-    table = analysis.speedup_table(df, method=method, by=("pair", "k"), value=value)
-    grid = table.pivot(index="pair", columns="k", values=value)
-    lo = table.pivot(index="pair", columns="k", values="lo").reindex_like(grid)
-    hi = table.pivot(index="pair", columns="k", values="hi").reindex_like(grid)
+    temps = sorted(df.loc[df.method == method, "temperature"].unique())
+    by = ("pair", "temperature", "k") if len(temps) > 1 else ("pair", "k")
+    table = analysis.speedup_table(df, method=method, by=by, value=value)
+    # one row per pair, or per pair and temperature when the file holds several
+    table["row"] = table.pair if len(temps) == 1 else table.pair + table.temperature.map(
+        lambda t: ", greedy" if t == 0 else f", T = {t:g}")
+    grid = table.pivot(index="row", columns="k", values=value)
+    lo = table.pivot(index="row", columns="k", values="lo").reindex_like(grid)
+    hi = table.pivot(index="row", columns="k", values="hi").reindex_like(grid)
     notes = grid.copy().astype(object)
     for i in grid.index:
         for k in grid.columns:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything only a GPU can show, in one run (a lent GPU has no internet and little time):
-#   1. the CUDA tests (the speculative loop on the device, CUDA-event timers);
+#   1. the CUDA tests (the speculative loop, the draft head and token trees on the device, CUDA-event timers);
 #   2. scripts/gpu_cost.py: the seed pairs' step costs and verification curves, random weights.
 # Results land in $OUT (default: runs/gpu); commit data/results/gpu_cost.json from there.
 set -uo pipefail

@@ -313,3 +313,16 @@ def test_argument_error_after_parsing(capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err == (
         "tool: error: argument --top-k: top-k 5 with temperature 0; top-k needs a temperature > 0\n")
+
+
+def test_one_integer_check_for_the_library():
+    from specdec.checks import require_int
+
+    assert require_int("k", 3, 1) == 3 and require_int("seed", 0, 0) == 0
+    for bad in (0, -2, 2.5, True, "3", None):
+        with pytest.raises(ValueError, match=r"^k must be an integer >= 1, got "):
+            require_int("k", bad, 1)
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        require_int("n_layers", 5, 1, 4)
+    # the command lines phrase the same bounds the same way
+    assert "an integer from 1 to 4" in refused(cli.int_range(1, 4), "5")

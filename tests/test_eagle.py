@@ -236,3 +236,79 @@ def test_head_benchmark_summarises_one_interleaved_run(target, trained):
     assert all(0 <= a <= 1 for a in f["position_acceptance"]["eagle"])
     assert f["fastest_transformers_method"] in headbench.THEIRS and f["cost_ratio"]["eagle"] > 0
     assert "tau" in headbench.format_head_report({"figures": f, "k": 3})
+
+
+@pytest.mark.parametrize("preallocated", [True, False])
+def test_batched_answers_equal_answers_one_at_a_time(preallocated):
+    """Left padding, batching and the preallocated cache change nothing of the greedy text."""
+    from transformers import PreTrainedTokenizerFast
+
+    from specdec.crossvocab import load_tokenizer
+    from specdec.prompts import encode_prompt
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer("target-1000"))
+    model = tiny_llama(n_layers=2, vocab=1000, seed=0)
+    texts = ["def add(a, b):", "The quick brown fox jumps over", "Hello", "import os\nimport sys\nprint(os.sep)"]
+    prompts = [dict(id=f"p{i}", domain="code", prompt=t) for i, t in enumerate(texts)]
+    samples = headdata.generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=3, progress=False,
+                                        preallocated=preallocated)
+    assert [s.id for s in samples] == [p["id"] for p in prompts]
+    for s, p in zip(samples, prompts):
+        ids = encode_prompt(tok, p["prompt"])
+        assert s.prompt == ids.tolist()
+        assert s.answer == autoregressive_generate(model, ids, 12).tokens
+    assert headdata.generate_answers(model, tok, prompts, 4, 2, progress=False, max_seconds=0.0) == []
+
+
+@pytest.mark.skipif(not headdata.DOC_ROOT.is_dir(), reason="needs Debian's python3.11-doc (make train-prompts)")
+def test_reference_text_alternates_code_and_prose_within_its_budget():
+    from specdec.prompts import smollm2_tokenizer
+
+    tok = smollm2_tokenizer()
+    samples = headdata.reference_samples(tok, 3000, chunk_tokens=200, progress=False)
+    kinds = [s.domain for s in samples]
+    assert kinds[:4] == ["reference-code", "reference-prose"] * 2
+    total = sum(len(s.answer) for s in samples)
+    assert 3000 <= total < 3000 + 200 and all(0 < len(s.answer) <= 200 for s in samples)
+    assert samples == headdata.reference_samples(tok, 3000, chunk_tokens=200, progress=False)  # deterministic
+    assert "stdlib/" in samples[0].id and "docs/" in samples[1].id
+
+
+def test_feature_sets_keep_a_subset_of_layers(target):
+    samples = _samples(target, 3, seed=7, length=6)
+    both = headdata.extract_features(target, samples, (0, 1, 3), progress=False)
+    one = headdata.extract_features(target, samples, (1, 3), progress=False)
+    sliced = both.with_layers((1, 3))
+    assert sliced.feature_layers == (1, 3)
+    for a, b in zip(sliced.features, one.features):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="among"):
+        both.with_layers((2,))
+
+
+def test_trained_lm_rows_train_and_save_while_the_teacher_stays_the_targets(target, trained, tmp_path):
+    _, _, held, _ = trained
+    d2t = trained[1].d2t
+    head = eagle.EagleHead.for_target(target, d2t, train_lm_rows=True)
+    teacher = head.target_rows.clone()
+    assert torch.equal(head.lm_rows, teacher) and "head_rows" in head.state_dict()
+    assert "target_rows" not in head.state_dict()  # the target's own rows are never saved
+    train = headdata.extract_features(target, _samples(target, 8, seed=9), head.cfg.feature_layers, progress=False)
+    headtrain.train_head(head, train, None, headtrain.TrainConfig(epochs=2, batch_tokens=256), progress=False)
+    assert not torch.equal(head.lm_rows, teacher) and torch.equal(head.target_rows, teacher)
+    eagle.save_head(head, tmp_path / "h")
+    loaded = eagle.load_head(tmp_path / "h", target)
+    torch.testing.assert_close(loaded.lm_rows, head.lm_rows.detach().to(torch.bfloat16).float())
+    torch.testing.assert_close(loaded.target_rows, teacher)
+
+
+def test_asking_the_head_twice_about_the_same_text_gives_the_same_draft(target, trained):
+    head = trained[1]
+    lm = CachedLM(target, feature_layers=head.cfg.feature_layers)
+    seq = [5, 17, 33, 2, 90, 41]
+    lm.logits(seq)
+    drafter = eagle.EagleDrafter(head)
+    drafter.bind(lm)
+    first, _ = drafter.propose(seq, 3, SamplingParams(temperature=0))
+    again, _ = drafter.propose(seq, 3, SamplingParams(temperature=0))
+    assert torch.equal(first, again)

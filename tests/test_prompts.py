@@ -68,7 +68,7 @@ def test_bad_arguments_are_refused_clearly():
     with pytest.raises(ValueError, match=f"at most {available}"):
         load_prompts("code", available + 1)
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="an integer >= 1"):
             load_prompts("conversation", bad)
     with pytest.raises(ValueError, match="alpaca, cnn_dailymail"):
         load_hub_prompts("squad", 2)

@@ -321,3 +321,40 @@ def test_model_draft_trees_in_the_loop(model, options):
     assert tree_generate(model, ModelDrafter(draft), prompt, 30, **options).tokens == want
     res = tree_generate(model, ModelDrafter(draft), prompt, 30, SamplingParams(temperature=1.0), seed=3, **options)
     assert len(res.tokens) == 30
+
+
+def test_torch_returns_draws_without_replacement_in_the_order_drawn():
+    """Sampled trees try siblings in the order torch.multinomial returns them, which must be the
+    order of sequential draws without replacement for the verification to be exact."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.2])
+    d = torch.stack([torch.multinomial(p, 2, replacement=False, generator=g) for _ in range(20_000)])
+    first = d[:, 0] == 0
+    assert abs(float(first.float().mean()) - 0.5) < 0.02  # sorted output would give 0.5 + 0.3*5/7 + 0.2*5/8
+    assert abs(float((first & (d[:, 1] == 1)).sum() / first.sum()) - 0.6) < 0.02  # 0.3 / (1 - 0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_head_chains_and_trees_equal_the_target_on_a_gpu():
+    """Chapter 10's head and chapter 11's trees on the device: features kept by the target's
+    cache, the head's own cache, the tree mask and the path kept in the cache, all on the GPU."""
+    from specdec import eagle
+    from specdec.decoding import autoregressive_generate, speculative_generate
+    from specdec.drafters import NGramDrafter
+    from specdec.sampling import SamplingParams
+    from specdec.trees import tree_generate
+
+    target = tiny_llama(n_layers=4, vocab=256, seed=0, init=0.05).cuda()
+    torch.manual_seed(0)
+    head = eagle.EagleHead.for_target(target, torch.randperm(256)[:200].cuda())
+    prompt = torch.tensor([5, 17, 33, 2, 90, 41, 7, 64])
+    want = autoregressive_generate(target, prompt, 40).tokens
+    for cache in ("preallocated", "dynamic"):
+        for k in (1, 4):
+            assert speculative_generate(target, eagle.EagleDrafter(head), prompt, 40, k, cache=cache).tokens == want
+        assert tree_generate(target, eagle.EagleDrafter(head), prompt, 40, cache=cache).tokens == want
+        assert tree_generate(target, NGramDrafter(), prompt, 40, cache=cache).tokens == want
+    sampled = tree_generate(target, eagle.EagleDrafter(head), prompt, 30, SamplingParams(temperature=1.0), seed=1,
+                            depth=3, top_k=2, n_nodes=6)
+    assert len(sampled.tokens) == 30

@@ -28,6 +28,7 @@ One module per idea, in the order the book teaches them:
 * :mod:`specdec.eagle`     -- a draft head on the target's hidden states, and its drafter (ch. 10)
 * :mod:`specdec.headdata`  -- the head's training text: the target's answers and features (ch. 10)
 * :mod:`specdec.headtrain` -- training the head with the training-time test; the recipe (ch. 10)
+* :mod:`specdec.headablate` -- what each choice of the head buys, on one training budget (ch. 10)
 * :mod:`specdec.headbench` -- the head against every drafter and transformers, interleaved (ch. 10-11)
 * :mod:`specdec.trees`     -- token trees: mask, exact verification, shape from the verify cost (ch. 11)
 * :mod:`specdec.cli`       -- command-line argument checks shared by the commands

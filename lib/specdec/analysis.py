@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import require_int
 from .metrics import GenerationResult, read_jsonl
 from .metrics import speedup as metric_speedup
 from .sampling import SamplingParams
@@ -106,10 +107,9 @@ class BenchmarkConfig:
         autoregressive = self.method in ("autoregressive", "hf_autoregressive")
         if autoregressive and self.k != 0:
             raise ValueError(f"method {self.method!r} drafts nothing: pass k=0, got k={self.k!r}")
-        if not autoregressive and (not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1):
-            raise ValueError(f"method {self.method!r} needs an integer k >= 1 (tokens drafted per round), got {self.k!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not autoregressive:
+            require_int(f"k (tokens drafted per round by {self.method!r})", self.k, 1)
+        require_int("max_new_tokens", self.max_new_tokens, 1)
         if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}")
         self.params  # validates temperature, top_k, top_p

@@ -59,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import BASELINE, OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path
+from .checks import require_int
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
 from .metrics import GenerationResult, read_jsonl, write_jsonl
@@ -132,14 +133,14 @@ class SweepPlan:
         for d in self.domains:
             if d not in DOMAINS:
                 raise ValueError(f"unknown domain {d!r}; choose from {', '.join(DOMAINS)}")
-        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
-            raise ValueError(f"ks must be integers >= 1, got {self.ks!r}")
-        if not isinstance(self.n_prompts, int) or self.n_prompts < 1:
-            raise ValueError(f"n_prompts must be an integer >= 1, got {self.n_prompts!r}")
-        if not self.max_new_tokens or any(not isinstance(m, int) or m < 1 for m in self.max_new_tokens):
-            raise ValueError(f"max_new_tokens must be integers >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.n_repeats, int) or self.n_repeats < 1:
-            raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
+        if not self.ks or not self.max_new_tokens:
+            raise ValueError("a sweep needs at least one K and one token budget")
+        for k in self.ks:
+            require_int("each of ks", k, 1)
+        for m in self.max_new_tokens:
+            require_int("each of max_new_tokens", m, 1)
+        require_int("n_prompts", self.n_prompts, 1)
+        require_int("n_repeats", self.n_repeats, 1)
         for t in self.temperatures:
             SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
 

@@ -83,13 +83,9 @@ def _fail(problem: str, allowed: str):
 
 
 def _int_allowed(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"an integer from {minimum} to {maximum}"
-    if minimum is not None:
-        return f"an integer >= {minimum}"
-    if maximum is not None:
-        return f"an integer <= {maximum}"
-    return "an integer"
+    from .checks import allowed_ints
+
+    return allowed_ints(minimum, maximum)
 
 
 def _parse_int(text: str, allowed: str, context: str = "") -> int:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import CachedLM
+from .checks import require_int
 from .drafters import Drafter
 from .metrics import GenerationResult
 from .profiling import PhaseTimer
@@ -77,8 +78,7 @@ def speculative_generate(
     round: the cache then keeps those layers' outputs for every position the target has read
     (:meth:`specdec.cache.CachedLM.features`).
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (tokens drafted per round) must be an integer >= 1, got {k!r}")
+    require_int("k (tokens drafted per round)", k, 1)
     run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "speculative", cache, memory,
                feature_layers=getattr(drafter, "feature_layers", ()))
     run.meta.update(k=k, drafter=getattr(drafter, "name", type(drafter).__name__))
@@ -130,8 +130,7 @@ class _Run:
             prompt_ids = prompt_ids[0]
         if prompt_ids.ndim != 1 or len(prompt_ids) == 0:
             raise ValueError(f"prompt_ids must be a non-empty 1-D sequence of token ids, got shape {tuple(prompt_ids.shape)}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        require_int("max_new_tokens", max_new_tokens, 0)
         self.target = CachedLM(model, cache=cache, capacity=len(prompt_ids) + max_new_tokens + 1,
                                feature_layers=feature_layers)
         ctx = self.target.max_length

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import decoder_layers
+from .checks import require_int
 from .sampling import probs_from_logits, sample
 
 __all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "EagleDrafter", "save_head",
@@ -68,12 +69,12 @@ class HeadConfig:
     draft_vocab_size: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    train_lm_rows: bool = False  # the LM-head rows of the draft vocabulary trained too (EAGLE-3's choice)
 
     def __post_init__(self):
         object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
         for name in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "draft_vocab_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            require_int(name, getattr(self, name), 1)
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if not self.feature_layers or list(self.feature_layers) != sorted(set(self.feature_layers)):
@@ -179,12 +180,24 @@ class EagleHead(nn.Module):
         self.norm_out = _RMSNorm(H, cfg.rms_norm_eps)
         object.__setattr__(self, "embedding", embedding.detach())  # frozen, not a parameter
         self.register_buffer("d2t", d2t.to(embedding.device))
-        self.register_buffer("lm_rows", lm_head.detach()[self.d2t].clone(), persistent=False)
+        rows = lm_head.detach()[self.d2t].clone()
+        # the target's own rows, frozen: what training compares the head's distribution with
+        self.register_buffer("target_rows", rows, persistent=False)
+        if cfg.train_lm_rows:  # the head's own rows: they start as the target's, are trained and saved
+            self.head_rows = nn.Parameter(rows.clone())
+
+    @property
+    def lm_rows(self) -> torch.Tensor:
+        """The LM-head rows the head drafts with: its own when trained, else the target's."""
+        return self.head_rows if self.cfg.train_lm_rows else self.target_rows
 
     @classmethod
-    def for_target(cls, target, d2t, feature_layers=None) -> "EagleHead":
+    def for_target(cls, target, d2t, feature_layers=None, train_lm_rows: bool = False) -> "EagleHead":
         """A freshly initialised head for ``target`` over the draft vocabulary ``d2t``."""
-        cfg = HeadConfig.for_target(target, feature_layers, draft_vocab_size=len(d2t))
+        from dataclasses import replace
+
+        cfg = replace(HeadConfig.for_target(target, feature_layers, draft_vocab_size=len(d2t)),
+                      train_lm_rows=train_lm_rows)
         head = cls(cfg, target.get_input_embeddings().weight, target.get_output_embeddings().weight, d2t)
         return head.to(next(target.parameters()).device)
 
@@ -312,6 +325,7 @@ class EagleDrafter:
     def reset(self) -> None:
         self.cache = HeadCache()
         self.n_real = 0  # real pairs (target features) the head cache holds
+        self._h_last = None  # the head's output at the last of them
 
     def _catch_up(self, seq) -> torch.Tensor:
         """Feed the head the real pairs it has not seen; returns its output at the last one."""
@@ -323,10 +337,12 @@ class EagleDrafter:
             raise RuntimeError(f"the head is out of step with the target (target read {self.target_lm.length} "
                                f"tokens, head holds {self.n_real} pairs, text has {len(seq)})")
         self.cache.crop(self.n_real)  # forget last round's draft steps
+        if end == self.n_real and self._h_last is not None:  # asked again about the same text
+            return self._h_last
         feats = self.target_lm.features(self.n_real, end).to(head.lm_rows.dtype)
         toks = torch.tensor(seq[self.n_real + 1: end + 1], dtype=torch.long, device=head.d2t.device)
         h = head.step(self.cache, head.fuse(feats), toks, start=self.n_real)[-1:]
-        self.n_real = end
+        self.n_real, self._h_last = end, h
         return h
 
     @torch.inference_mode()

@@ -80,10 +80,22 @@ class Sample:
 
 @torch.inference_mode()
 def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int = 256, batch_size: int = 16,
-                     temperature: float = 0.0, seed: int = 0, stop_ids=(), progress: bool = True) -> list[Sample]:
+                     temperature: float = 0.0, seed: int = 0, stop_ids=(), progress: bool = True,
+                     preallocated: bool = True, max_seconds: float | None = None) -> list[Sample]:
     """The target's answers to ``prompts`` (dicts with ``prompt``, ``domain``, ``id``),
     generated ``batch_size`` at a time (left-padded), greedy or at ``temperature``; each
-    answer is cut after its first stop token."""
+    answer is cut after its first stop token. ``preallocated``: ``generate()`` writes into
+    our preallocated cache (:class:`specdec.cache.PreallocatedCache`) instead of growing a
+    ``DynamicCache`` by concatenation at every step.
+
+    The prompts are taken in a shuffled order (``seed``), sorted by length only within windows
+    of eight batches (so that padding stays small): with ``max_seconds`` no new batch starts
+    after that time, and the answers made so far are a sample of every domain. Returns the
+    answered prompts' samples, in the order of ``prompts``.
+    """
+    import time
+
+    from .cache import PreallocatedCache
     from .prompts import encode_prompt
 
     if batch_size < 1 or max_new_tokens < 1:
@@ -92,11 +104,17 @@ def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int
     pad = stops[0] if stops else 0
     device = next(target.parameters()).device
     encoded = [encode_prompt(tokenizer, p["prompt"]).tolist() for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths pad less
+    shuffled = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    window = 8 * batch_size
+    order = [i for w in range(0, len(shuffled), window)
+             for i in sorted(shuffled[w: w + window], key=lambda i: len(encoded[i]))]  # similar lengths pad less
     out: dict[int, Sample] = {}
     torch.manual_seed(seed)
+    t0 = time.perf_counter()
     bar = tqdm(total=len(prompts), desc="answers", disable=not progress)
     for b in range(0, len(order), batch_size):
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
         idx = order[b: b + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -108,6 +126,8 @@ def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int
                       pad_token_id=pad)
         if temperature > 0:
             kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        if preallocated:
+            kwargs["past_key_values"] = PreallocatedCache(width + max_new_tokens + 1)
         gen = target.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)[:, width:].tolist()
         for row, i in enumerate(idx):
             answer = gen[row]
@@ -115,7 +135,7 @@ def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int
             out[i] = Sample(encoded[i], answer[:cut], prompts[i].get("domain", ""), prompts[i].get("id", str(i)))
         bar.update(len(idx))
     bar.close()
-    return [out[i] for i in range(len(prompts))]
+    return [out[i] for i in range(len(prompts)) if i in out]
 
 
 def _stdlib_chunks(tokenizer, chunk_tokens: int):
@@ -250,6 +270,20 @@ class FeatureSet:
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
         return FeatureSet(pick(self.tokens), pick(self.starts), pick(self.features), pick(self.finals),
                           pick(self.lse), pick(self.argmax), pick(self.domains), self.feature_layers)
+
+    def with_layers(self, layers) -> "FeatureSet":
+        """The same texts with only the features of ``layers`` (a subset of ``feature_layers``,
+        in their order)."""
+        layers = tuple(layers)
+        if not set(layers) <= set(self.feature_layers) or list(layers) != sorted(layers):
+            raise ValueError(f"layers {layers} must be ascending and among {self.feature_layers}")
+        if layers == self.feature_layers:
+            return self
+        H = self.finals[0].shape[-1] if self.finals else 0
+        cols = torch.cat([torch.arange(self.feature_layers.index(i) * H, (self.feature_layers.index(i) + 1) * H)
+                          for i in layers])
+        return FeatureSet(self.tokens, self.starts, [f[:, cols] for f in self.features], self.finals, self.lse,
+                          self.argmax, self.domains, layers)
 
     def save(self, path) -> None:
         torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,7 @@ def head_loss(head, batch, steps: int, decay: float = 0.8):
         logq = F.log_softmax(head.logits(h).float(), -1)
         # the target's probabilities on the draft vocabulary (they sum to at most 1)
         fin = finals[:, j: j + n]
-        logp = fin @ head.lm_rows.T - lse[:, j: j + n, None]
+        logp = fin @ head.target_rows.T - lse[:, j: j + n, None]
         p = logp.exp()
         ce = -(p * logq).sum(-1)
         m = mask.float()
@@ -270,9 +271,7 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
 # -- the whole recipe ------------------------------------------------------------------------
 
 
-def _repo() -> "Path":
-    from pathlib import Path
-
+def _repo() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
@@ -283,11 +282,14 @@ def default_answers_path():
 
 def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_new_tokens: int = 256,
                batch_size: int = 16, draft_vocab: int = 8192, feature_layers=None, held_out_every: int = 20,
-               config: TrainConfig = TrainConfig(), reference_tokens: int = 0, progress: bool = True, log=print):
+               config: TrainConfig = TrainConfig(), reference_tokens: int = 0, answer_seconds: float | None = None,
+               progress: bool = True, log=print):
     """Prompts to a trained head: the target's answers (read from ``answers_path`` where it
     holds every prompt's, else generated and written there), the draft vocabulary, the
     features, training. Every ``held_out_every``-th text is held out for the curves.
-    ``reference_tokens`` adds that much text the target did not write
+    ``answer_seconds`` caps the time spent generating answers (a sample of every domain is
+    answered, :func:`specdec.headdata.generate_answers`). ``reference_tokens`` adds that much
+    text the target did not write
     (:func:`specdec.headdata.reference_samples`) to the training texts only; the draft
     vocabulary and every held-out figure come from the target's answers.
 
@@ -310,19 +312,21 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     engine = prepare(target, path)
     info["path"] = path.label
     samples = None
-    if answers_path is not None and __import__("pathlib").Path(answers_path).is_file():
+    if answers_path is not None and Path(answers_path).is_file():
         stored, meta = load_answers(answers_path)
-        by_id = {s.id: s for s in stored}
-        if all(p["id"] in by_id for p in prompts) and meta.get("max_new_tokens") == max_new_tokens:
-            samples = [by_id[p["id"]] for p in prompts]
-            log(f"answers: {len(samples)} read from {answers_path}")
+        wanted = {p["id"] for p in prompts}
+        if meta.get("max_new_tokens") == max_new_tokens and all(s.id in wanted for s in stored):
+            samples = stored
+            info["answer_seconds"] = meta.get("seconds")
+            log(f"answers: {len(samples)} of {len(prompts)} prompts' read from {answers_path}")
     if samples is None:
         samples = generate_answers(engine, tokenizer, prompts, max_new_tokens, batch_size, stop_ids=stops,
-                                   progress=progress)
+                                   progress=progress, max_seconds=answer_seconds)
         info["answer_seconds"] = time.perf_counter() - t
         if answers_path is not None:
             save_answers(samples, answers_path, meta=dict(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                          seconds=info["answer_seconds"]))
+                                                          seconds=info["answer_seconds"], n_prompts=len(prompts),
+                                                          n_answered=len(samples), path=path.label))
     held = [s for i, s in enumerate(samples) if i % held_out_every == held_out_every - 1]
     train = [s for i, s in enumerate(samples) if i % held_out_every != held_out_every - 1]
     d2t = draft_vocabulary(train, draft_vocab, always=sorted(stops))
@@ -371,6 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=cli.float_range(0.0, 1.0, min_open=True), default=1e-3)
     ap.add_argument("--max-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
                     help="stop training after this many minutes")
+    ap.add_argument("--answer-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
+                    help="stop starting new batches of answers after this many minutes")
     ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=0,
                     help="tokens of standard-library source and documentation added to the training text")
     args = ap.parse_args(argv)
@@ -382,7 +388,8 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
                          max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     head, history, info = build_head(target, tokenizer, prompts, args.answers, args.max_new_tokens, args.batch_size,
-                                     args.draft_vocab, config=config, reference_tokens=args.reference_tokens)
+                                     args.draft_vocab, config=config, reference_tokens=args.reference_tokens,
+                                     answer_seconds=None if args.answer_minutes is None else 60 * args.answer_minutes)
     record.update(info, train_config=dataclasses.asdict(config), load_average_end=load_average(),
                   held_out=history.iloc[-1].to_dict())
     out = save_head(head, args.out, provenance=record)

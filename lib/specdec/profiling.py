@@ -32,6 +32,8 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from .checks import require_int
+
 __all__ = [
     "PhaseTimer",
     "memory_bytes",
@@ -109,11 +111,6 @@ class PhaseTimer:
             self.peak_bytes[name] = max(self.peak_bytes[name], peak)
 
 
-def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[float, Any]:
     """Seconds one call of ``fn()`` takes, and what it returned.
 
@@ -144,8 +141,8 @@ def time_repeated(
     progress: bool = False,
 ) -> list[float]:
     """Seconds per call of ``fn()`` over ``repeats`` calls, after ``warmup`` calls that are not kept."""
-    _check_count("repeats", repeats, 1)
-    _check_count("warmup", warmup, 0)
+    require_int("repeats", repeats, 1)
+    require_int("warmup", warmup, 0)
     out = []
     for i in tqdm(range(warmup + repeats), desc="timing", leave=False, disable=not progress):
         seconds, _ = time_call(fn, device)
@@ -175,8 +172,8 @@ def time_interleaved(
     for name, fn in fns.items():
         if not callable(fn):
             raise ValueError(f"fns[{name!r}] is not callable")
-    _check_count("repeats", repeats, 1)
-    _check_count("warmup", warmup, 0)
+    require_int("repeats", repeats, 1)
+    require_int("warmup", warmup, 0)
     names = list(fns)
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in tqdm(range(warmup + repeats), desc=desc, leave=False, disable=not progress):

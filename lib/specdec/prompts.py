@@ -35,6 +35,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checks import require_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -86,8 +88,8 @@ def _check_domain(domain: str) -> None:
 
 
 def _check_n(n) -> None:
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive integer or None (all prompts), got {n!r}")
+    if n is not None:
+        require_int("n (prompts; None for all of them)", n, 1)
 
 
 def load_prompts(domain: str, n: int | None = None) -> list[dict]:
@@ -176,8 +178,7 @@ def load_hub_prompts(name: str, n: int) -> list[dict]:
     """
     if name not in HUB_DATASETS:
         raise ValueError(f"unknown hub data set {name!r}; choose one of {', '.join(HUB_DATASETS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    require_int("n", n, 1)
 
     import datasets
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import require_int
+
 __all__ = [
     "bnb_config",
     "quantized_copy",
@@ -174,8 +176,7 @@ def weight_only_copy(source: torch.nn.Module, bits: int, group_size: int = 64,
     """
     if bits not in TORCH_BITS:
         raise ValueError(f"bits must be one of {TORCH_BITS}, got {bits!r}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    require_int("group_size", group_size, 1)
     if not torch_kernels_available(bits):
         raise RuntimeError(f"this torch build has no CPU kernel for {bits}-bit weights")
     if next(source.parameters()).device.type != "cpu":

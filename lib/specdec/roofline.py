@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import require_int
 from .profiling import time_repeated
 
 __all__ = [
@@ -111,12 +112,6 @@ class ModelShape:
     def mlp_matrix_params(self) -> int:
         """Weights of the MLP of one layer (no biases)."""
         return (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _config_of(config):
@@ -255,7 +250,7 @@ def decode_step_cost(config, n_tokens: int = 1, context: int = 0, bytes_per_para
     ``bytes_per_param`` is the storage size of a weight (2 for fp16/bf16, 4 for fp32, about 0.5
     for 4-bit), ``kv_bytes`` that of one cached key or value element.
     """
-    n = _positive_int("n_tokens", n_tokens)
+    n = require_int("n_tokens", n_tokens, 1)
     if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
         raise ValueError(f"context must be a non-negative integer (tokens already in the KV cache), got {context!r}")
     bpp = _check_bytes("bytes_per_param", bytes_per_param)
@@ -334,7 +329,7 @@ def crossover_tokens(config, peak_flops: float, bandwidth_bytes_per_s: float, co
     Up to that many tokens, scoring them together costs about as much as scoring one.
     """
     ridge = ridge_point(peak_flops, bandwidth_bytes_per_s)
-    max_tokens = _positive_int("max_tokens", max_tokens)
+    max_tokens = require_int("max_tokens", max_tokens, 1)
 
     def reaches(n: int) -> bool:
         return decode_step_cost(config, n, context, bytes_per_param, kv_bytes).intensity >= ridge
@@ -415,7 +410,7 @@ def measure_matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, repe
     """Measured FLOP/s of an ``n x n`` by ``n x n`` matrix multiply (``2 n^3`` FLOPs), median of
     ``repeats`` timings after ``warmup`` untimed runs (``summary="min"``: the fastest, the better
     estimate of a peak on a machine shared with other work). Uses torch's current thread count."""
-    n = _positive_int("n", n)
+    n = require_int("n", n, 1)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
@@ -434,7 +429,7 @@ def measure_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, warmup: int =
     write); ``method="sum"`` reduces it and counts ``nbytes`` (read only, like a decode step reading
     its weights). Choose ``nbytes`` well above the last-level cache so that the cache cannot serve it.
     """
-    nbytes = _positive_int("nbytes", nbytes)
+    nbytes = require_int("nbytes", nbytes, 1)
     if method not in ("copy", "sum"):
         raise ValueError(f"method must be 'copy' or 'sum', got {method!r}")
     device = torch.device(device)
@@ -480,8 +475,8 @@ def time_forwards(models, ns, context: int, repeats: int = 5, warmup: int = 1, s
 
     if not isinstance(models, dict):
         models = {"model": models}
-    ns = [_positive_int("number of tokens", n) for n in ns]
-    repeats = _positive_int("repeats", repeats)
+    ns = [require_int("number of tokens", n, 1) for n in ns]
+    repeats = require_int("repeats", repeats, 1)
     if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
         raise ValueError(f"context must be a non-negative integer, got {context!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, Integral) or warmup < 0:
@@ -527,7 +522,7 @@ def verify_cost_curve(model, ks=(1, 2, 4, 8, 16), context: int = 128, repeats: i
                       seed: int = 0) -> CostCurve:
     """Measured cost of scoring ``k`` tokens in one forward pass, for each ``k`` in ``ks`` (``k=1``
     is added as the baseline if missing). ``.relative`` gives the cost relative to ``k=1``."""
-    ks = sorted({_positive_int("k", k) for k in ks} | {1})
+    ks = sorted({require_int("k", k, 1) for k in ks} | {1})
     seconds = time_forwards(model, ks, context, repeats, warmup, seed, "verify cost")["model"]
     return CostCurve(ks=tuple(ks), ms=tuple(statistics.median(seconds[k]) * 1e3 for k in ks), context=int(context))
 
@@ -555,11 +550,11 @@ class LinearShape:
 
     def flops(self, m: int) -> int:
         """Multiply-adds of one product with ``m`` rows, two FLOPs each."""
-        return 2 * _positive_int("m", m) * self.in_features * self.out_features
+        return 2 * require_int("m", m, 1) * self.in_features * self.out_features
 
     def bytes(self, m: int, bytes_per_elem: float) -> float:
         """Bytes one product moves: its weights once, its ``m`` input rows and ``m`` output rows."""
-        m = _positive_int("m", m)
+        m = require_int("m", m, 1)
         return (self.in_features * self.out_features + m * (self.in_features + self.out_features)) * bytes_per_elem
 
 
@@ -627,12 +622,12 @@ def measure_linear_gflops(config, ms=(1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32
 
     from .profiling import summarize, time_interleaved
 
-    ms = sorted({_positive_int("m", m) for m in ms})
+    ms = sorted({require_int("m", m, 1) for m in ms})
     if not ms:
         raise ValueError("ms must name at least one number of rows")
     _check_summary(summary)
     if copies is not None:
-        copies = _positive_int("copies", copies)
+        copies = require_int("copies", copies, 1)
     dtypes = list(dtypes)
     for dt in dtypes:
         if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
@@ -731,7 +726,7 @@ def measure_pass_breakdown(model, ks=(1, 2, 4, 8, 16), context: int = 128, repea
 
     from .profiling import time_interleaved
 
-    ks = sorted({_positive_int("k", k) for k in ks} | {1})
+    ks = sorted({require_int("k", k, 1) for k in ks} | {1})
     if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
         raise ValueError(f"context must be a non-negative integer, got {context!r}")
     _check_summary(summary)

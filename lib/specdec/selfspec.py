@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from .checks import require_int
 from .roofline import decode_step_cost, model_shape
 from .sampling import SamplingParams, acceptance_probability, probs_from_logits
 
@@ -78,8 +79,7 @@ def matrix_bytes(out_features: int, in_features: int, fmt: str) -> float:
     """Bytes that one ``out x in`` weight matrix occupies in format ``fmt`` (scales included)."""
     _check_format(fmt)
     for name, v in (("out_features", out_features), ("in_features", in_features)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_int(name, v, 1)
     n = out_features * in_features
     if fmt in FLOAT_BYTES:
         return n * FLOAT_BYTES[fmt]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import require_int
 from .registry import model_config
 
 __all__ = [
@@ -68,8 +69,7 @@ def first_layers_copy(model, n_layers: int, share_weights: bool = False):
     """
     config = model.config.get_text_config(decoder=True)
     total = config.num_hidden_layers
-    if not isinstance(n_layers, int) or not 1 <= n_layers <= total:
-        raise ValueError(f"n_layers must be an integer in [1, {total}], got {n_layers!r}")
+    require_int("n_layers", n_layers, 1, total)
     if getattr(config, "is_heterogeneous", False):
         raise ValueError("first_layers_copy does not handle heterogeneous per-layer configs")
     owner, name = _decoder_layers(model)
@@ -148,8 +148,7 @@ def random_model(key: str, dtype: torch.dtype = torch.float32, device: str = "cp
     """
     overrides = {}
     if num_layers is not None:
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        require_int("num_layers", num_layers, 1)
         overrides["num_hidden_layers"] = num_layers
     config = model_config(key)
     for name, value in overrides.items():

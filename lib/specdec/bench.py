@@ -483,6 +483,28 @@ def _write_provenance(results_path: Path, record: dict) -> Path:
     return path
 
 
+def require_quiet(out, force: bool = False) -> list[float] | None:
+    """The load average now; ``BusyMachineError`` if ``out`` is a committed results path, the
+    machine is busy (above :data:`BUSY_LOAD_PER_CORE` per core) and ``force`` is not set."""
+    load = load_average()
+    if (out is not None and is_committed_path(Path(out)) and not force and load
+            and load[0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)):
+        raise BusyMachineError(f"load average {load[0]} is too high to record {out}; "
+                               "wait for a quiet machine or pass --force")
+    return load
+
+
+def write_report(report: dict, out, command: str | None, load_before, force: bool = False) -> dict:
+    """Add provenance (command, machine, versions, the load before and after, whether forced)
+    to ``report`` and, when ``out`` is given, write it there as JSON. Returns ``report``."""
+    report["provenance"] = {**provenance(command=command), "load_average_before": load_before,
+                            "load_average_after": load_average(), "forced": bool(force)}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
 class BusyMachineError(RuntimeError):
     """The machine is too busy to record a results file that others will read as a measurement."""
 
@@ -776,35 +798,28 @@ def main(argv: list[str] | None = None) -> int:
     hd.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)
 
-    if args.command == "head":
+    if args.command in ("head", "engine"):
+        from .enginebench import engine_report, format_report
         from .headbench import format_head_report, head_report
         from .registry import ModelUnavailableError
 
+        command = shlex.join(["python", "-m", "specdec.bench", *(argv or sys.argv[1:])])
         try:
-            report = head_report(args.n_per_domain, args.max_new_tokens, args.k, args.repeats, args.out, args.force,
-                                 command=shlex.join(["python", "-m", "specdec.bench", *(argv or sys.argv[1:])]))
+            if args.command == "head":
+                text = format_head_report(head_report(args.n_per_domain, args.max_new_tokens, args.k, args.repeats,
+                                                      args.out, args.force, command=command))
+            else:
+                text = format_report(engine_report(args.n_prompts, args.max_new_tokens, args.k, args.repeats,
+                                                   args.bits, args.out, args.force, command=command))
         except BusyMachineError as err:
             print(f"error: {err}", file=sys.stderr)
             return 3
         except ModelUnavailableError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(format_head_report(report))
-        return 0
-
-    if args.command == "engine":
-        from .enginebench import engine_report, format_report
-
-        try:
-            report = engine_report(args.n_prompts, args.max_new_tokens, args.k, args.repeats, args.bits,
-                                   args.out, args.force, command=shlex.join(["python", "-m", "specdec.bench",
-                                                                             *(argv or sys.argv[1:])]))
-        except BusyMachineError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 3
         except ValueError as err:
-            eng.error(str(err))
-        print(format_report(report))
+            (hd if args.command == "head" else eng).error(str(err))
+        print(text)
         return 0
 
     if args.command == "summary":

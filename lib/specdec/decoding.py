@@ -27,7 +27,7 @@ from .metrics import GenerationResult
 from .profiling import PhaseTimer
 from .sampling import GREEDY, SamplingParams, next_token, probs_from_logits, verify, verify_greedy
 
-__all__ = ["autoregressive_generate", "speculative_generate"]
+__all__ = ["autoregressive_generate", "speculative_generate", "start_speculation"]
 
 
 def autoregressive_generate(
@@ -79,17 +79,9 @@ def speculative_generate(
     (:meth:`specdec.cache.CachedLM.features`).
     """
     require_int("k (tokens drafted per round)", k, 1)
-    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "speculative", cache, memory,
-               feature_layers=getattr(drafter, "feature_layers", ()))
-    run.meta.update(k=k, drafter=getattr(drafter, "name", type(drafter).__name__))
-    drafter.reset()
-    if run.target.feature_layers:  # a drafter that reads the target's hidden states
-        drafter.bind(run.target)
-    if run.done:
-        return run.result()
-    first = run.prefill()
-    with run.timer.phase("sample"):
-        run.emit([int(next_token(first, params, run.generator))])
+    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress,
+                            "speculative", cache, memory)
+    run.meta.update(k=k)
     device = run.target.device
     while not run.done:
         t_round = run.timer.now()
@@ -114,6 +106,24 @@ def speculative_generate(
         run.emit(drafted[:n] + [nxt])
         run.round_latencies.append(run.timer.now() - t_round)
     return run.result()
+
+
+def start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress, method, cache,
+                      memory=False) -> "_Run":
+    """The start every speculative loop shares (chains here, trees in :mod:`specdec.trees`): the
+    run's book-keeping, the drafter reset (and bound to the target's cache when it reads its
+    features), the prefill and the first token. Returns the run; it may already be done."""
+    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory,
+               feature_layers=getattr(drafter, "feature_layers", ()))
+    run.meta.update(drafter=getattr(drafter, "name", type(drafter).__name__))
+    drafter.reset()
+    if run.target.feature_layers:  # a drafter that reads the target's hidden states
+        drafter.bind(run.target)
+    if not run.done:
+        first = run.prefill()
+        with run.timer.phase("sample"):
+            run.emit([int(next_token(first, params, run.generator))])
+    return run
 
 
 class _Run:

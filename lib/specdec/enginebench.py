@@ -219,10 +219,6 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     which no chapter uses. With ``out`` it writes the figures, the path table and provenance
     as JSON; a file under ``data/results`` is refused on a busy machine unless ``force``.
     """
-    import json
-    import os
-    from pathlib import Path
-
     from . import bench, fastpath, quant, roofline
     from .loaders import load_smollm2
     from .prompts import encode_prompt, load_prompts, stop_token_ids
@@ -231,11 +227,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     available = len(load_prompts("code"))
     if not 1 <= n_prompts <= available:
         raise ValueError(f"n_prompts must be between 1 and {available} (the code prompts there are), got {n_prompts}")
-    committed = out is not None and bench.is_committed_path(Path(out))
-    load_before = bench.load_average()
-    if committed and not force and load_before and load_before[0] > bench.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
-        raise bench.BusyMachineError(f"load average {load_before[0]} is too high to record {out}; "
-                                     "wait for a quiet machine or pass --force")
+    load_before = bench.require_quiet(out, force)
     target, tokenizer = load_smollm2()
     all_paths = fastpath.measure_paths(target, context=128, n_tokens=(1, 5), repeats=7)
     path, _ = fastpath.choose_path(target, table=all_paths)
@@ -258,13 +250,8 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
         draft_weight_bytes=stored_weight_bytes(draft), n_prompts=len(prompts), max_new_tokens=max_new_tokens,
         k=k, repeats=repeats, threads=torch.get_num_threads(),
         records=df.drop(columns=["result"]).assign(tokens=[r.tokens for r in df["result"]]).to_dict("records"),
-        provenance={**bench.provenance(command=command), "load_average_before": load_before,
-                    "load_average_after": bench.load_average(), "forced": bool(force)},
     )
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
-    return report
+    return bench.write_report(report, out, command, load_before, force)
 
 
 def format_report(report: dict) -> str:

@@ -94,13 +94,11 @@ def run_ablations(minutes_each: float = 5.0, reference_tokens: int = 50_000, k: 
 
 def main(argv=None) -> int:
     """``python -m specdec.headablate``: train the ablations of chapter 10's head and record them."""
-    import json
     import shlex
     import sys
-    from pathlib import Path
 
     from . import cli
-    from .bench import BUSY_LOAD_PER_CORE, is_committed_path, load_average, provenance
+    from .bench import BusyMachineError, require_quiet, write_report
 
     ap = cli.ArgumentParser(prog="python -m specdec.headablate", description=main.__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the results as JSON, e.g. data/results/head_ablations.json")
@@ -109,23 +107,17 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=50_000)
     ap.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)
-    import os
-
-    load = load_average()
-    if args.out and is_committed_path(Path(args.out)) and not args.force and load and \
-            load[0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
-        print(f"error: load average {load[0]} is too high to record {args.out}; wait or pass --force", file=sys.stderr)
+    try:
+        load = require_quiet(args.out, args.force)
+    except BusyMachineError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 3
-    report = run_ablations(args.minutes, args.reference_tokens)
-    report["provenance"] = {**provenance(command=shlex.join(["python", "-m", "specdec.headablate",
-                                                             *(argv if argv is not None else sys.argv[1:])])),
-                            "load_average_before": load, "load_average_after": load_average()}
+    report = write_report(run_ablations(args.minutes, args.reference_tokens), args.out,
+                          shlex.join(["python", "-m", "specdec.headablate", *(argv if argv is not None else sys.argv[1:])]),
+                          load, args.force)
     for r in report["rows"]:
         print(f"{r['variant']:>22}: tau {r['tau']:.2f}, first-step agreement {r['agree_1']:.2f}, c {r['c']:.3f}, "
               f"predicted speedup {r['predicted_speedup']:.2f} ({r['train_tokens']:,} tokens trained)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=float) + "\n")
     return 0
 
 

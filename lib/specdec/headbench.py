@@ -200,8 +200,6 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     summarise. With ``out`` the figures, records and provenance are written as JSON; under
     ``data/results`` that is refused on a busy machine unless ``force``."""
     import json
-    import os
-    from pathlib import Path
 
     from . import bench, fastpath, quant
     from .eagle import book_head_dir, load_book_head
@@ -210,11 +208,7 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
 
     if not 1 <= n_per_domain <= 40 or k < 1 or repeats < 1 or max_new_tokens < 2:
         raise ValueError("need 1 <= n_per_domain <= 40, k >= 1, repeats >= 1, max_new_tokens >= 2")
-    committed = out is not None and bench.is_committed_path(Path(out))
-    load_before = bench.load_average()
-    if committed and not force and load_before and load_before[0] > bench.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1):
-        raise bench.BusyMachineError(f"load average {load_before[0]} is too high to record {out}; "
-                                     "wait for a quiet machine or pass --force")
+    load_before = bench.require_quiet(out, force)
     target, tokenizer = load_smollm2()
     path, table = fastpath.choose_path(target)
     fast = fastpath.prepare(target, path)
@@ -234,13 +228,8 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
                   threads=torch.get_num_threads(),
                   records=df.drop(columns=["result"]).assign(
                       tokens=[r.tokens for r in df["result"]], drafted=[r.drafted_per_round for r in df["result"]],
-                      accepted=[r.accepted_per_round for r in df["result"]]).to_dict("records"),
-                  provenance={**bench.provenance(command=command), "load_average_before": load_before,
-                              "load_average_after": bench.load_average(), "forced": bool(force)})
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
-    return report
+                      accepted=[r.accepted_per_round for r in df["result"]]).to_dict("records"))
+    return bench.write_report(report, out, command, load_before, force)
 
 
 def format_head_report(report: dict) -> str:

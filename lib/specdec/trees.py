@@ -380,21 +380,13 @@ def tree_generate(target, drafter, prompt_ids, max_new_tokens: int, params=None,
     path (:meth:`specdec.cache.CachedLM.keep_path`). ``tree_options`` go to ``propose_tree``.
     Returns a :class:`specdec.metrics.GenerationResult` (a round's "drafted" count is the tree's
     size)."""
-    from .decoding import _Run
-    from .sampling import GREEDY, next_token, probs_from_logits
+    from .decoding import start_speculation
+    from .sampling import GREEDY, probs_from_logits
 
     params = GREEDY if params is None else params
-    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, "tree", cache, False,
-               feature_layers=getattr(drafter, "feature_layers", ()))
-    run.meta.update(drafter=getattr(drafter, "name", type(drafter).__name__), tree=dict(tree_options))
-    drafter.reset()
-    if run.target.feature_layers:
-        drafter.bind(run.target)
-    if run.done:
-        return run.result()
-    first = run.prefill()
-    with run.timer.phase("sample"):
-        run.emit([int(next_token(first, params, run.generator))])
+    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress, "tree",
+                            cache)
+    run.meta.update(tree=dict(tree_options))
     while not run.done:
         t_round = run.timer.now()
         with run.timer.phase("draft"):

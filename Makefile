@@ -85,11 +85,11 @@ head: setup
 	$(PY) -m specdec.headtrain --answer-minutes 30 --reference-tokens 250000 --epochs 2 --max-minutes 40
 
 # Record the committed benchmark (chapter 7 reads it): the `cpu` profile's whole sweep, every
-# configuration repeated round robin with its baseline. Hours on a 2-core CPU; it resumes where it
-# stopped, and refuses to start on a busy machine (see `python -m specdec.bench run --help`).
-# To record afresh, remove data/results/cpu_offline.jsonl and its .provenance.json first.
+# configuration repeated round robin with its baseline, one file per pair in data/results/cpu/.
+# Hours on a 2-core CPU; it resumes where it stopped, and refuses to start on a busy machine
+# (see `python -m specdec.bench run --help`). To record a pair afresh, remove its two files first.
 results: setup
-	$(PY) -m specdec.bench run --profile cpu --out data/results/cpu_offline.jsonl
+	$(PY) -m specdec.bench run --profile cpu --out data/results/cpu/
 
 clean:
 	rm -rf _build .cache

@@ -211,6 +211,26 @@ def test_cli_runs_a_tiny_sweep(tmp_path, capsys):
     assert exit_.value.code == 2 and "missing.jsonl" in capsys.readouterr().err
 
 
+def test_cli_writes_one_file_per_pair_into_a_folder(tmp_path, capsys):
+    out = tmp_path / "per_pair"
+    assert bench.main(["run", "--out", f"{out}/", "--profile", "ci", "--pairs", "synthetic-eps0.2,synthetic-eps0.05",
+                       "--ks", "1", "--max-new-tokens", "4", "--no-hf-peers", "--repeats", "1"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["synthetic-eps0.05.jsonl", "synthetic-eps0.05.provenance.json",
+                     "synthetic-eps0.2.jsonl", "synthetic-eps0.2.provenance.json"]
+    for name in ("synthetic-eps0.05", "synthetic-eps0.2"):
+        assert {r.meta["config"]["pair"] for r in read_jsonl(out / f"{name}.jsonl")} == {name}
+        prov = json.loads(bench.provenance_path(out / f"{name}.jsonl").read_text())["runs"]
+        assert len(prov) == 1 and prov[0]["n_new_records"] == len(read_jsonl(out / f"{name}.jsonl"))
+
+
+def test_wait_for_quiet_returns_when_the_load_drops(monkeypatch):
+    loads = iter([[3.0, 2.0, 1.0], [2.0, 2.0, 1.0], [1.0, 2.0, 1.0]])
+    monkeypatch.setattr(bench, "load_average", lambda: next(loads))
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    assert bench.wait_for_quiet(1.5, timeout_s=60) == [1.0, 2.0, 1.0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The cost side
 # ---------------------------------------------------------------------------------------------

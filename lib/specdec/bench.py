@@ -51,6 +51,7 @@ import platform
 import shlex
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +84,7 @@ __all__ = [
     "BusyMachineError",
     "BUSY_LOAD_PER_CORE",
     "load_average",
+    "wait_for_quiet",
     "is_committed_path",
     "provenance",
     "measure_step_costs",
@@ -512,6 +514,18 @@ class BusyMachineError(RuntimeError):
 BUSY_LOAD_PER_CORE = 0.75  # a committed file is refused above this load average per core (1.5 on 2 cores)
 
 
+def wait_for_quiet(max_load: float, timeout_s: float = 300.0, poll_s: float = 10.0) -> list[float] | None:
+    """Wait (up to ``timeout_s``) until the 1-minute load average is at most ``max_load``, as
+    it is a minute or so after a sweep of this process ends; returns the last load read. The
+    caller's own check then refuses or records as usual."""
+    deadline = time.monotonic() + timeout_s
+    load = load_average()
+    while load is not None and load[0] > max_load and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        load = load_average()
+    return load
+
+
 def load_average() -> list[float] | None:
     """The 1-, 5- and 15-minute load averages (None where the OS does not report them)."""
     try:
@@ -759,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = cli.ArgumentParser(prog="python -m specdec.bench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a sweep (resumes an existing results file)")
-    run.add_argument("--out", required=True, help="results file (JSON lines), e.g. runs/cpu.jsonl")
+    run.add_argument("--out", required=True, help="results file (JSON lines), e.g. runs/cpu.jsonl, or a folder "
+                     "ending in / for one file per pair, e.g. data/results/cpu/")
     run.add_argument("--profile", choices=tuple(PROFILES), default=None,
                      help="whose sweep to run (default: $SPECDEC_PROFILE, else cpu)")
     run.add_argument("--live", action="store_true", help="the profile's bounded live sweep instead of its whole one")
@@ -850,6 +865,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         ap.error(str(err))
     out = Path(args.out)
+    # A folder (an existing one, or a path ending in "/") gets one file per pair, <pair>.jsonl:
+    # each pair's file is complete on its own, so a long recording can be kept pair by pair.
+    per_pair = out.is_dir() or args.out.endswith(("/", os.sep))
+    jobs = ([(dataclasses.replace(plan, pairs=(name,)), out / f"{name}.jsonl") for name in plan.pairs]
+            if per_pair else [(plan, out)])
     max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if is_committed_path(out) else None
     command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     import signal
@@ -859,7 +879,11 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        path = run_sweep(plan, out, command=command, max_load=max_load, force=args.force)
+        for i, (job, path) in enumerate(jobs):
+            if i and max_load is not None:
+                wait_for_quiet(max_load)  # the previous pair's own load decays before the next starts
+            run_sweep(job, path, command=command, max_load=max_load, force=args.force)
+            print(f"results: {path}  provenance: {provenance_path(path)}")
     except KeyboardInterrupt as err:
         print(f"{ap.prog}: stopped ({err or 'interrupted'}); run the same command again to resume", file=sys.stderr)
         return 130
@@ -868,7 +892,6 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"results: {path}  provenance: {provenance_path(path)}")
     return 0
 
 

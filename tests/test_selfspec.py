@@ -80,6 +80,15 @@ def test_acceptance_along_same_model_is_one(tiny_target):
     assert torch.allclose(a, torch.ones(15), atol=1e-5)
 
 
+def test_acceptance_along_scores_a_batch_as_each_text_alone(tiny_target):
+    other = tiny_llama(seed=1, n_layers=1)
+    ids = torch.randint(tiny_target.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(2))
+    batch = acceptance_along(other, tiny_target, ids, start=4)
+    assert batch.shape == (3, 12)
+    for row, text in zip(batch, ids):
+        assert torch.allclose(row, acceptance_along(other, tiny_target, text, start=4), atol=1e-5)
+
+
 def test_acceptance_along_greedy_is_argmax_agreement(tiny_target):
     other = tiny_llama(seed=1, n_layers=1)
     ids = torch.randint(tiny_target.config.vocab_size, (30,), generator=torch.Generator().manual_seed(1))

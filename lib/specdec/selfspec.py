@@ -145,20 +145,24 @@ def acceptance_along(draft, target, ids: torch.Tensor, start: int = 1, params=Sa
     Entry ``i`` scores the prediction of token ``ids[start + i]`` from the tokens before it.
     With greedy ``params`` (temperature 0) it is 1 where the two argmaxes agree and 0
     elsewhere. The text is fixed (teacher forcing): it is the acceptance each position would
-    have if speculative decoding reached it with this text before it. ``params`` may also be a
-    list or tuple of :class:`~specdec.sampling.SamplingParams`; the result is then a list with
-    one tensor per entry, from the same two forward passes.
+    have if speculative decoding reached it with this text before it. ``ids`` may also be a
+    batch ``(n, T)`` of texts of one length; the result is then ``(n, T - start)``. ``params``
+    may also be a list or tuple of :class:`~specdec.sampling.SamplingParams`; the result is
+    then a list with one tensor per entry, from the same two forward passes.
     """
     ids = torch.as_tensor(ids, dtype=torch.long).cpu()
-    if ids.ndim != 1 or not 1 <= start < len(ids):
-        raise ValueError(f"need a 1-D token sequence and 1 <= start < its length, got shape {tuple(ids.shape)}, start={start}")
+    if ids.ndim not in (1, 2) or not 1 <= start < ids.shape[-1]:
+        raise ValueError(f"need a 1-D token sequence (or a 2-D batch) and 1 <= start < its length, "
+                         f"got shape {tuple(ids.shape)}, start={start}")
     many = isinstance(params, (list, tuple))
     all_params = list(params) if many else [params]
     if not all_params or not all(isinstance(p, SamplingParams) for p in all_params):
         raise ValueError("params must be a SamplingParams or a non-empty list of them")
-    rows = slice(start - 1, len(ids) - 1)
-    target_logits = target(ids[None].to(next(target.parameters()).device)).logits[0, rows].float().cpu()
-    draft_logits = draft(ids[None].to(next(draft.parameters()).device)).logits[0, rows].float().cpu()
+    batch = ids if ids.ndim == 2 else ids[None]
+    rows = slice(start - 1, batch.shape[1] - 1)
+    target_logits = target(batch.to(next(target.parameters()).device)).logits[:, rows].float().cpu()
+    draft_logits = draft(batch.to(next(draft.parameters()).device)).logits[:, rows].float().cpu()
     out = [acceptance_probability(probs_from_logits(target_logits, p), probs_from_logits(draft_logits, p))
            for p in all_params]
+    out = out if ids.ndim == 2 else [a[0] for a in out]
     return out if many else out[0]

@@ -264,8 +264,8 @@ def measure_acceptance(
     Each context starts from ``prompt_len`` random tokens and is continued by the target
     itself (sampling with ``params``; greedy when ``params.temperature == 0``), as in
     speculative decoding, where every position the draft guesses follows target-made text.
-    Both models then score every position in one forward pass, and
-    :func:`specdec.sampling.acceptance_probability` gives alpha per position (for greedy
+    Both models then score every position in one forward pass
+    (:func:`specdec.selfspec.acceptance_along`, which gives alpha per position; for greedy
     params, the indicator that the two argmaxes agree).
     """
     from .sampling import SamplingParams
@@ -279,7 +279,8 @@ def measure_acceptance(
 def _measure_acceptance(draft, target, params, n_contexts, context_len, prompt_len, seed) -> float:
     from transformers import DynamicCache
 
-    from .sampling import acceptance_probability, probs_from_logits, sample
+    from .sampling import probs_from_logits, sample
+    from .selfspec import acceptance_along
 
     device = next(target.parameters()).device
     vocab = target.config.vocab_size
@@ -291,10 +292,8 @@ def _measure_acceptance(draft, target, params, n_contexts, context_len, prompt_l
         nxt = sample(probs_from_logits(logits, params).cpu(), generator).to(device)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
         logits = target(nxt[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
-    positions = slice(prompt_len - 1, seq.shape[1] - 1)  # predictions of the generated tokens
-    p = probs_from_logits(target(seq).logits[:, positions], params)
-    q = probs_from_logits(draft(seq).logits[:, positions], params)
-    return acceptance_probability(p, q).mean().item()
+    # both models score every generated token of the contexts (the one estimator of the book)
+    return acceptance_along(draft, target, seq, start=prompt_len, params=params).mean().item()
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,7 @@ import platform
 import shlex
 import sys
 import time
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -868,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     # A folder (an existing one, or a path ending in "/") gets one file per pair, <pair>.jsonl:
     # each pair's file is complete on its own, so a long recording can be kept pair by pair.
     per_pair = out.is_dir() or args.out.endswith(("/", os.sep))
-    jobs = ([(dataclasses.replace(plan, pairs=(name,)), out / f"{name}.jsonl") for name in plan.pairs]
+    jobs = ([(replace(plan, pairs=(name,)), out / f"{name}.jsonl") for name in plan.pairs]
             if per_pair else [(plan, out)])
     max_load = BUSY_LOAD_PER_CORE * (os.cpu_count() or 1) if is_committed_path(out) else None
     command = "python -m specdec.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

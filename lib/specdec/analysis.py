@@ -257,21 +257,21 @@ def speedups(df) -> "pd.DataFrame":
 
 def summarise(s, by, value: str) -> "pd.DataFrame":
     """Aggregate a per-generation ``value`` (e.g. a speedup of :func:`speedups`) per group
-    ``by``, with its spread. Within a group, each prompt's repeats give a median; the value is
-    the geometric mean of those medians over prompts. The spread is over repeats: ``lo`` and
-    ``hi`` are the smallest and largest geometric mean over prompts of any single repeat (how
-    far one run of the whole group could land), ``n_prompts`` and ``n_repeats`` count them."""
+    ``by``, with its spread. Each repeat of the group -- one pass over all its prompts -- gives
+    the geometric mean of ``value`` over those prompts; the value reported is the median of
+    these per-repeat means, and ``lo`` and ``hi`` are the smallest and largest of them (how far
+    one run of the whole group landed), so the value always lies inside its range.
+    ``n_prompts`` and ``n_repeats`` count the prompts and repeats."""
     import pandas as pd
 
     by = list(by)
     rows = []
     for key, g in s.groupby(by, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        per_prompt = g.groupby("prompt_id")[value].median()
-        per_repeat = g.groupby("repeat")[value].agg(_gmean)
-        rows.append({**dict(zip(by, key)), value: _gmean(per_prompt), "lo": float(per_repeat.min()),
-                     "hi": float(per_repeat.max()), "n_prompts": g.prompt_id.nunique(),
-                     "n_repeats": g.repeat.nunique()})
+        per_repeat = g.groupby("repeat")[value].agg(_gmean).dropna()
+        rows.append({**dict(zip(by, key)), value: float(per_repeat.median()) if len(per_repeat) else np.nan,
+                     "lo": float(per_repeat.min()), "hi": float(per_repeat.max()),
+                     "n_prompts": g.prompt_id.nunique(), "n_repeats": g.repeat.nunique()})
     return pd.DataFrame(rows, columns=by + [value, "lo", "hi", "n_prompts", "n_repeats"])
 
 
@@ -287,8 +287,8 @@ def relative_to_ours(df) -> "pd.DataFrame":
 
 
 def speedup_table(df, method: str = "speculative", by=("pair", "k", "domain"), value: str = "speedup") -> "pd.DataFrame":
-    """Per group: the geometric mean over prompts of each prompt's median speedup over repeats,
-    with its spread over repeats (:func:`summarise`). ``value`` is a column of
+    """Per group: the median over repeats of each repeat's geometric-mean speedup over the
+    group's prompts, with the range over repeats (:func:`summarise`). ``value`` is a column of
     :func:`speedups`: ``speedup`` (decode-only, the headline) or ``speedup_e2e``."""
     s = speedups(df)
     s = s[s.method == method]

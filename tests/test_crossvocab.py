@@ -266,6 +266,24 @@ def test_greedy_identity_with_the_target(codecs, tiny, method, draft_kind, k):
             assert sum(out.accepted_per_round) > 0
 
 
+def test_a_cross_vocabulary_pair_is_the_books_one_loaded_pair(codecs, tiny):
+    from specdec.bench import BenchPair
+
+    target, draft = tiny
+    t_codec, d_codec = codecs["target-1000"], codecs["draft-600-code"]
+    m = cv.VocabMapping.from_codecs(d_codec, t_codec)
+    pair = BenchPair("toy", draft, target, None, kind="crossvocab", draft_codec=d_codec, target_codec=t_codec,
+                     mapping=m)
+    prompt = prompt_ids(t_codec)
+    ref = autoregressive_generate(target, prompt, 16)
+    for method, cls in (("tli", cv.TLIDrafter), ("string", cv.StringMatchDrafter)):
+        drafter = pair.drafter(method)
+        assert isinstance(drafter, cls) and drafter.mapping is m
+        assert speculative_generate(pair.target, drafter, prompt, 16, k=3).tokens == ref.tokens
+    with pytest.raises(ValueError, match="'tli' or 'string'"):
+        pair.drafter("bytes")
+
+
 def test_tli_sampling_runs_and_proposes_target_ids(codecs, tiny):
     target, _ = tiny
     t_codec, d_codec = codecs["target-1000"], codecs["draft-600-prose"]

@@ -258,9 +258,12 @@ HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
 
 @dataclass
 class BenchPair:
-    """A loaded pair: draft (None for prompt lookup and the head), target, tokenizer (None when
-    synthetic), the kind of drafter (``"model"``, ``"ngram"``, ``"eagle"``) and, for the last,
-    the trained head.
+    """The book's one loaded pair: draft (None for prompt lookup and the head), target, the
+    target's tokenizer (None when synthetic), the kind of drafter (``"model"``, ``"ngram"``,
+    ``"eagle"``, ``"crossvocab"``) and what that kind needs: the trained head for ``"eagle"``;
+    for ``"crossvocab"`` (a draft with its own tokenizer, chapter 8) the two
+    :class:`specdec.crossvocab.TokenCodec` and the :class:`~specdec.crossvocab.VocabMapping`
+    between them (:func:`specdec.crossvocab.load_cross_vocab_pair`).
 
     ``engine`` is the target on the path our loops run it on (:meth:`use_engine_path`); until
     a path is chosen it is the target as loaded. ``generate()`` always runs ``target``.
@@ -277,6 +280,9 @@ class BenchPair:
     path_table: object = None  # the measurements it was chosen from
     kind: str = "model"
     head: torch.nn.Module | None = None
+    draft_codec: object = None
+    target_codec: object = None
+    mapping: object = None
 
     def __post_init__(self):
         from .fastpath import PLAIN
@@ -303,11 +309,21 @@ class BenchPair:
     def synthetic(self) -> bool:
         return self.tokenizer is None
 
-    def drafter(self):
+    def drafter(self, crossvocab: str = "tli"):
+        """A fresh drafter of this pair's kind. For a cross-vocabulary pair ``crossvocab``
+        picks the method: ``"tli"`` (token-level intersection) or ``"string"`` (string matching)."""
         if self.kind == "eagle":
             from .eagle import EagleDrafter
 
             return EagleDrafter(self.head, name=self.name)
+        if self.kind == "crossvocab":
+            from .crossvocab import StringMatchDrafter, TLIDrafter
+
+            if crossvocab not in ("tli", "string"):
+                raise ValueError(f"crossvocab must be 'tli' or 'string', not {crossvocab!r}")
+            cls = TLIDrafter if crossvocab == "tli" else StringMatchDrafter
+            return cls(self.draft, self.mapping, self.draft_codec, self.target_codec,
+                       name=f"{self.name}-{crossvocab}")
         if self.draft is None:
             return NGramDrafter()
         return ModelDrafter(self.draft, name=self.name)

@@ -67,7 +67,6 @@ __all__ = [
     "data_dir",
     "load_tokenizer",
     "load_hub_tokenizer",
-    "CrossVocabPair",
     "load_cross_vocab_pair",
     "tli_acceptance",
     "first_tokens",
@@ -689,30 +688,16 @@ def load_hub_tokenizer(spec):
         ) from None
 
 
-@dataclass
-class CrossVocabPair:
-    """A draft and a target with different tokenizers, and the mapping between them."""
-
-    name: str
-    draft: torch.nn.Module
-    target: torch.nn.Module
-    draft_codec: TokenCodec
-    target_codec: TokenCodec
-    mapping: VocabMapping
-    target_tokenizer: object
-
-    def tli_drafter(self) -> TLIDrafter:
-        return TLIDrafter(self.draft, self.mapping, self.draft_codec, self.target_codec, name=f"{self.name}-tli")
-
-    def string_drafter(self) -> StringMatchDrafter:
-        return StringMatchDrafter(self.draft, self.mapping, self.draft_codec, self.target_codec, name=f"{self.name}-string")
-
-
-def load_cross_vocab_pair(name: str, device: str = "cpu") -> CrossVocabPair:
+def load_cross_vocab_pair(name: str, device: str = "cpu"):
     """Load registry pair ``name`` (e.g. ``"tinyllama_llama3"``, ``"phi3_llama3"``) for
-    cross-vocabulary drafting. Needs both models from the hub or its cache; offline it raises
-    :class:`~specdec.registry.ModelUnavailableError` before loading any weights."""
+    cross-vocabulary drafting: a :class:`specdec.bench.BenchPair` of kind ``"crossvocab"``
+    carrying both tokenizers' codecs and the mapping between them; ``pair.drafter("tli")``
+    and ``pair.drafter("string")`` build the two drafters. Needs both models from the hub or
+    its cache; offline it raises :class:`~specdec.registry.ModelUnavailableError` before
+    loading any weights."""
+    from .bench import BenchPair
     from .loaders import load_pair
+    from .prompts import stop_token_ids
     from .registry import get_pair
 
     pair = get_pair(name)
@@ -724,7 +709,8 @@ def load_cross_vocab_pair(name: str, device: str = "cpu") -> CrossVocabPair:
     draft_codec = TokenCodec(draft_tok, draft.get_output_embeddings().weight.shape[0], name=pair.draft.hub_id)
     target_codec = TokenCodec(target_tok, target.get_output_embeddings().weight.shape[0], name=pair.target.hub_id)
     mapping = VocabMapping.from_codecs(draft_codec, target_codec)
-    return CrossVocabPair(name, draft, target, draft_codec, target_codec, mapping, target_tok)
+    return BenchPair(name, draft, target, target_tok, frozenset(stop_token_ids(target_tok, target)),
+                     kind="crossvocab", draft_codec=draft_codec, target_codec=target_codec, mapping=mapping)
 
 
 def _training_texts(domains) -> list[str]:

@@ -69,6 +69,23 @@ def test_heatmap_has_a_row_per_temperature_when_the_file_holds_several():
     assert labels == ["pairA, T = 1", "pairA, greedy", "pairB, T = 1", "pairB, greedy"]
 
 
+def test_acceptance_has_a_panel_per_temperature_when_the_file_holds_several():
+    import copy
+
+    rows = make_results()
+    sampled = []
+    for r in rows:  # the same generations again at temperature 1, ours only
+        if r.method.startswith("hf_"):
+            continue
+        r2 = copy.deepcopy(r)
+        cfg = analysis.BenchmarkConfig.from_dict({**r2.meta["config"], "temperature": 1.0})
+        r2.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash)
+        sampled.append(r2)
+    fig = plots.acceptance_distributions(analysis.load_results(rows + sampled))
+    assert [a.get_title() for a in fig.axes] == ["greedy", "T = 1"]
+    assert all(len(a.collections) > 0 for a in fig.axes)
+
+
 def test_figures_draw_into_a_given_axes(df):
     fig, ax = plt.subplots()
     assert plots.speedup_heatmap(df, ax=ax) is fig

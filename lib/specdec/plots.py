@@ -45,8 +45,8 @@ def _grid(n: int, width: float = 10.0, row_height: float = 3.4, ncols: int = 3, 
 
 def speedup_heatmap(df: pd.DataFrame, method: str = "speculative", value: str = "speedup", ax=None):
     """Speedup per pair (rows; per pair and temperature where the results hold several) and K
-    (columns): the geometric mean over domains and prompts of each prompt's median over
-    repeats, with the range over repeats below it (:func:`specdec.analysis.speedup_table`).
+    (columns): the median over repeats of each repeat's geometric mean over the domains'
+    prompts, with the range over repeats below it (:func:`specdec.analysis.speedup_table`).
 
     ``value`` is ``speedup`` (decode-only, the headline) or ``speedup_e2e`` (first token
     included). Cells above 1 are faster than the pair's own autoregressive baseline.
@@ -80,19 +80,36 @@ def speedup_heatmap(df: pd.DataFrame, method: str = "speculative", value: str = 
 
 def acceptance_distributions(df: pd.DataFrame, ax=None):
     """Per-generation acceptance (alpha, :func:`specdec.analysis.alpha_estimate`) by domain and pair:
-    one point per prompt and K, with a box per group."""
+    one point per prompt and K, with a box per group. Where the results hold several sampling
+    temperatures, one panel per temperature, stacked (greedy first); with ``ax`` everything is
+    drawn into that one axes."""
     s = df[(df.method == "speculative") & (df.rounds > 0)]
     if s.empty:
         raise ValueError("no speculative generations in these results")
     s = analysis.first_repeat(s)  # repeats re-time the same tokens
-    fig, ax = _axes(ax, (9, 4))
-    sns.boxplot(data=s, x="domain", y="alpha_hat", hue="pair", ax=ax, fliersize=0, boxprops={"alpha": 0.35})
-    sns.stripplot(data=s, x="domain", y="alpha_hat", hue="pair", dodge=True, ax=ax, size=5, legend=False,
-                  edgecolor="black", linewidth=0.4)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel(r"acceptance $\hat\alpha$ per generation")
-    ax.set_title("Acceptance by domain (each point: one prompt at one K)")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="pair")
+    temps = sorted(s.temperature.unique())
+    if ax is not None or len(temps) == 1:
+        fig, ax = _axes(ax, (9, 4))
+        panels = [(ax, s, "Acceptance by domain (each point: one prompt at one K)")]
+    else:
+        fig, axes = plt.subplots(len(temps), 1, figsize=(9, 3.6 * len(temps)), sharex=True, squeeze=False)
+        panels = [(a, s[s.temperature == t], "greedy" if t == 0 else f"T = {t:g}")
+                  for a, t in zip(axes[:, 0], temps)]
+        fig.suptitle("Acceptance by domain (each point: one prompt at one K)")
+    order, hue_order = sorted(s.domain.unique()), sorted(s.pair.unique())
+    for i, (a, part, title) in enumerate(panels):
+        kw = dict(data=part, x="domain", y="alpha_hat", hue="pair", order=order, hue_order=hue_order, ax=a)
+        sns.boxplot(**kw, fliersize=0, boxprops={"alpha": 0.35})
+        sns.stripplot(**kw, dodge=True, size=5, legend=False, edgecolor="black", linewidth=0.4)
+        a.set_ylim(-0.03, 1.03)
+        a.set_ylabel(r"acceptance $\hat\alpha$" + "\nper generation")
+        a.set_title(title)
+        if i == 0:
+            sns.move_legend(a, "upper left", bbox_to_anchor=(1, 1), title="pair")
+        elif a.get_legend() is not None:
+            a.get_legend().remove()
+    if len(panels) > 1:
+        fig.tight_layout()
     return fig
 
 
@@ -180,8 +197,8 @@ def measured_vs_predicted(df: pd.DataFrame, ax=None):
 def peer_comparison(df: pd.DataFrame):
     """Our speculative loop against the transformers method of the same pair, each over its own
     autoregressive baseline (top), and all four methods in decode tokens per second relative to
-    our autoregressive loop (bottom). Bars are :func:`specdec.analysis.summarise` values (median
-    over repeats, geometric mean over prompts), whiskers the range over repeats."""
+    our autoregressive loop (bottom). Bars are :func:`specdec.analysis.summarise` values (the median
+    over repeats of the geometric mean over prompts), whiskers the range over repeats."""
     s = analysis.speedups(df)
     if s[s.method != "speculative"].empty:
         raise ValueError("no transformers generations (hf_assisted / hf_prompt_lookup) in these results")

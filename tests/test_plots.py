@@ -52,35 +52,32 @@ def test_heatmap_shows_the_range_over_repeats():
     assert texts == [f"{median:.2f}\n{lo:.2f}–{hi:.2f}"] * 2
 
 
-def test_heatmap_has_a_row_per_temperature_when_the_file_holds_several():
+def _at_temperature_one(rows):
+    """The same generations again at temperature 1, ours only."""
     import copy
 
-    rows = make_results()
     sampled = []
-    for r in rows:  # the same generations again at temperature 1, ours only
+    for r in rows:
         if r.method.startswith("hf_"):
             continue
         r2 = copy.deepcopy(r)
         cfg = analysis.BenchmarkConfig.from_dict({**r2.meta["config"], "temperature": 1.0})
         r2.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash)
         sampled.append(r2)
+    return sampled
+
+
+def test_heatmap_has_a_row_per_temperature_when_the_file_holds_several():
+    rows = make_results()
+    sampled = _at_temperature_one(rows)
     fig = plots.speedup_heatmap(analysis.load_results(rows + sampled))
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["pairA, T = 1", "pairA, greedy", "pairB, T = 1", "pairB, greedy"]
 
 
 def test_acceptance_has_a_panel_per_temperature_when_the_file_holds_several():
-    import copy
-
     rows = make_results()
-    sampled = []
-    for r in rows:  # the same generations again at temperature 1, ours only
-        if r.method.startswith("hf_"):
-            continue
-        r2 = copy.deepcopy(r)
-        cfg = analysis.BenchmarkConfig.from_dict({**r2.meta["config"], "temperature": 1.0})
-        r2.meta.update(config=cfg.to_dict(), config_hash=cfg.config_hash)
-        sampled.append(r2)
+    sampled = _at_temperature_one(rows)
     fig = plots.acceptance_distributions(analysis.load_results(rows + sampled))
     assert [a.get_title() for a in fig.axes] == ["greedy", "T = 1"]
     assert all(len(a.collections) > 0 for a in fig.axes)

@@ -77,12 +77,12 @@ train-prompts: setup
 	$(PY) scripts/build_train_prompts.py
 
 # Train the book's head (data/heads/smollm2-135m-eagle) from the training prompts: the target
-# answers as many as it can in 30 minutes (kept in data/train/answers.jsonl.gz, reused when
+# answers as many as it can in 25 minutes (kept in data/train/answers.jsonl.gz, reused when
 # present), standard-library source and documentation add 250,000 tokens of text, then features
-# and at most 40 minutes of training. About an hour and a half on a 2-core CPU.
+# (about 25 minutes) and at most 25 minutes of training. About 80 minutes on a 2-core CPU.
 head: setup
 	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the documentation text'
-	$(PY) -m specdec.headtrain --answer-minutes 30 --reference-tokens 250000 --epochs 2 --max-minutes 40
+	$(PY) -m specdec.headtrain --answer-minutes 25 --reference-tokens 250000 --epochs 2 --max-minutes 25 --draft-vocab 4096
 
 # Record the committed benchmark (chapter 7 reads it): the `cpu` profile's whole sweep, every
 # configuration repeated round robin with its baseline, one file per pair in data/results/cpu/.

@@ -44,7 +44,7 @@ from .checks import require_int
 from .sampling import probs_from_logits, sample
 
 __all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "EagleDrafter", "save_head",
-           "load_head", "book_head_dir", "head_available", "load_book_head"]
+           "DRAFT_VOCAB", "load_head", "book_head_dir", "head_available", "load_book_head"]
 
 
 def default_feature_layers(n_layers: int) -> tuple[int, ...]:
@@ -54,6 +54,11 @@ def default_feature_layers(n_layers: int) -> tuple[int, ...]:
     if n_layers < 1:
         raise ValueError(f"need at least one layer, got {n_layers}")
     return tuple(sorted({min(1, n_layers - 1), max(0, n_layers // 2 - 1), max(0, n_layers - 4)}))
+
+
+#: Tokens in the book's draft vocabulary: the most frequent ones of the target's answers
+#: (:func:`specdec.headdata.draft_vocabulary`); the head's distribution is zero elsewhere.
+DRAFT_VOCAB = 4096
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class HeadConfig:
             raise ValueError(f"feature_layers must be distinct ascending indices, got {self.feature_layers!r}")
 
     @classmethod
-    def for_target(cls, target, feature_layers: tuple[int, ...] | None = None, draft_vocab_size: int = 8192):
+    def for_target(cls, target, feature_layers: tuple[int, ...] | None = None, draft_vocab_size: int = DRAFT_VOCAB):
         cfg = target.config
         n_layers = len(decoder_layers(target))
         layers = default_feature_layers(n_layers) if feature_layers is None else tuple(feature_layers)

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import torch
 
+from .eagle import DRAFT_VOCAB
+
 __all__ = ["VARIANTS", "run_ablations", "main"]
 
 #: name -> (feature layers: "fused" or "top", draft vocabulary size or None for all, share of the texts,
 #: whether the LM-head rows are trained too)
 VARIANTS = {
-    "book's recipe": ("fused", 8192, 1.0, False),
-    "top layer only": ("top", 8192, 1.0, False),
+    "book's recipe": ("fused", DRAFT_VOCAB, 1.0, False),
+    "top layer only": ("top", DRAFT_VOCAB, 1.0, False),
     "full vocabulary": ("fused", None, 1.0, False),
-    "LM-head rows trained": ("fused", 8192, 1.0, True),
-    "half the data": ("fused", 8192, 0.5, False),
-    "a quarter of the data": ("fused", 8192, 0.25, False),
+    "LM-head rows trained": ("fused", DRAFT_VOCAB, 1.0, True),
+    "half the data": ("fused", DRAFT_VOCAB, 0.5, False),
+    "a quarter of the data": ("fused", DRAFT_VOCAB, 0.25, False),
 }
 
 

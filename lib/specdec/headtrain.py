@@ -281,7 +281,7 @@ def default_answers_path():
 
 
 def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_new_tokens: int = 256,
-               batch_size: int = 16, draft_vocab: int = 8192, feature_layers=None, held_out_every: int = 20,
+               batch_size: int = 16, draft_vocab: int | None = None, feature_layers=None, held_out_every: int = 20,
                config: TrainConfig = TrainConfig(), reference_tokens: int = 0, answer_seconds: float | None = None,
                progress: bool = True, log=print):
     """Prompts to a trained head: the target's answers (read from ``answers_path`` where it
@@ -298,7 +298,7 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
 
     Returns ``(head, history, info)``; ``info`` holds the counts and the seconds of each stage.
     """
-    from .eagle import EagleHead
+    from .eagle import DRAFT_VOCAB, EagleHead
     from .fastpath import choose_path, prepare
     from .headdata import (draft_vocabulary, extract_features, generate_answers, load_answers, reference_samples,
                            save_answers)
@@ -329,7 +329,7 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
                                                           n_answered=len(samples), path=path.label))
     held = [s for i, s in enumerate(samples) if i % held_out_every == held_out_every - 1]
     train = [s for i, s in enumerate(samples) if i % held_out_every != held_out_every - 1]
-    d2t = draft_vocabulary(train, draft_vocab, always=sorted(stops))
+    d2t = draft_vocabulary(train, DRAFT_VOCAB if draft_vocab is None else draft_vocab, always=sorted(stops))
     head = EagleHead.for_target(target, d2t, feature_layers)
     n_answer_tokens = sum(len(s.answer) for s in train)
     if reference_tokens:
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
 
     from . import cli
     from .bench import load_average, provenance
-    from .eagle import book_head_dir, save_head
+    from .eagle import DRAFT_VOCAB, book_head_dir, save_head
     from .headdata import load_train_prompts
     from .loaders import load_smollm2
 
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-per-domain", type=cli.positive_int, help="training prompts per domain (default: all)")
     ap.add_argument("--max-new-tokens", type=cli.int_range(8, 2048), default=256)
     ap.add_argument("--batch-size", type=cli.int_range(1, 256), default=16, help="prompts answered at once")
-    ap.add_argument("--draft-vocab", type=cli.int_range(16, 49152), default=8192)
+    ap.add_argument("--draft-vocab", type=cli.int_range(16, 49152), default=DRAFT_VOCAB)
     ap.add_argument("--epochs", type=cli.float_range(0.0, 1000.0, min_open=True), default=1.0)
     ap.add_argument("--steps", type=cli.int_range(1, 8), default=3, help="draft steps unrolled in training")
     ap.add_argument("--lr", type=cli.float_range(0.0, 1.0, min_open=True), default=1e-3)

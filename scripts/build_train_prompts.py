@@ -17,12 +17,21 @@ give a byte-identical file. Sources, licences and counts: data/train/SOURCES.md.
                    pages and the guides to using, extending and distributing Python
                    (data/prompts/ uses only tutorial and HOWTO pages); a passage may be
                    shorter than a benchmark passage (at least MIN_TRAIN_PASSAGE_TOKENS)
+
+A second part, appended after the first (whose records stay byte-identical, so answers
+already made keep their prompts), derives instructions from the library reference's
+documented functions, classes and methods (about 5,500 entries, each with a description):
+
+* code          -- "write a short example that uses X", one half of the entries
+* conversation  -- "what does X do, and when would I use it?", the other half
+* summarisation -- the longer entries' descriptions and the C API pages' prose
 """
 
 from __future__ import annotations
 
 import ast
 import gzip
+import html
 import html.parser
 import importlib.metadata
 import json
@@ -33,10 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_prompts  # noqa: E402
-from build_prompts import (DOC_ROOT, _debian_version, _interleave, _package_dir,  # noqa: E402
-                           page_passages, write_jsonl)
+from build_prompts import (DOC_ROOT, _ENDS_SENTENCE, _debian_version, _interleave,  # noqa: E402
+                           _package_dir, page_passages, write_jsonl)
 
-from specdec.prompts import CODE_INSTRUCTION, SUMMARY_INSTRUCTION, load_prompts, smollm2_tokenizer  # noqa: E402
+from specdec.prompts import (CODE_INSTRUCTION, MAX_PASSAGE_TOKENS, SUMMARY_INSTRUCTION, cut_to_tokens,  # noqa: E402
+                             load_prompts, n_tokens, smollm2_tokenizer)
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "train" / "prompts.jsonl"
 N_STDLIB_COMPLETE = 500  # standard-library functions to complete
@@ -46,6 +56,8 @@ N_PASSAGES = 700
 MAX_EXPLAIN_LINES = 30
 MIN_TRAIN_PASSAGE_TOKENS = 100
 SUMMARY_DIRS = ("library", "reference", "whatsnew", "using", "extending", "distributing", "installing")
+API_KINDS = ("function", "method", "class")
+MIN_API_DESCRIPTION_WORDS = 6
 
 
 def _benchmark_ids(domain: str, field: str) -> set:
@@ -178,11 +190,84 @@ def docs_summarisation(version: str) -> list[dict]:
             for p in passages[:N_PASSAGES]]
 
 
+# -- the second part: instructions derived from the library reference's API entries ---------
+
+_API_ENTRY = re.compile(r'<dl class="py (%s)">\s*<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>\s*<dd>(.*?)'
+                        r'(?=<dl |</dd>)' % "|".join(API_KINDS), re.S)
+_PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.S)
+
+
+def _text(fragment: str) -> str:
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", fragment))).replace("¶", "").strip()
+
+
+def api_entries() -> list[list[dict]]:
+    """The documented functions, methods and classes of the library reference, grouped by page
+    (pages sorted by name): page, kind, name, signature and the paragraphs of the description
+    that precede any nested entry."""
+    groups = []
+    for page in sorted((DOC_ROOT / "library").glob("*.html")):
+        found = []
+        for m in _API_ENTRY.finditer(page.read_text(encoding="utf-8", errors="replace")):
+            paragraphs = [t for t in (_text(p) for p in _PARAGRAPH.findall(m.group(4))) if t]
+            if not paragraphs or len(paragraphs[0].split()) < MIN_API_DESCRIPTION_WORDS:
+                continue
+            found.append(dict(page=page.stem, kind=m.group(1), name=m.group(2), signature=_text(m.group(3)),
+                              paragraphs=paragraphs))
+        if found:
+            groups.append(found)
+    return groups
+
+
+def api_prompts(version: str) -> list[dict]:
+    """Code and conversation prompts about the API entries (pages interleaved, entries taking
+    turns between the two domains), and summarisation prompts of the longer descriptions."""
+    source = f"Python 3.11 documentation, library reference (Debian python3.11-doc {version}, PSF License Agreement)"
+    tokenizer = smollm2_tokenizer()
+    entries = {e["name"]: e for e in reversed(_interleave(api_entries()))}  # a name documented twice: its first entry
+    code, talk, summary = [], [], []
+    for i, e in enumerate(reversed(entries.values())):
+        what = {"function": "function", "method": "method", "class": "class"}[e["kind"]]
+        if i % 2 == 0:
+            code.append({"id": f"train/code/api/{e['name']}", "domain": "code",
+                         "prompt": f"Write a short Python example that uses the {what} `{e['name']}`. Its "
+                                   f"documentation says: {e['paragraphs'][0]}", "source": source})
+        else:
+            talk.append({"id": f"train/conversation/api/{e['name']}", "domain": "conversation",
+                         "prompt": f"What does the {what} `{e['name']}` do in Python, and when would I use it?",
+                         "source": source})
+        passage = cut_to_tokens("\n\n".join(e["paragraphs"]), tokenizer, MAX_PASSAGE_TOKENS)
+        paragraphs = passage.split("\n\n")
+        while paragraphs and not _ENDS_SENTENCE.search(paragraphs[-1]):
+            paragraphs.pop()
+        passage = "\n\n".join(paragraphs)
+        if n_tokens(passage, tokenizer) >= MIN_TRAIN_PASSAGE_TOKENS:
+            summary.append({"id": f"train/summarisation/api/{e['name']}", "domain": "summarisation",
+                            "prompt": f"{SUMMARY_INSTRUCTION}\n\n{passage}", "source": source})
+    return code + talk + summary
+
+
+def capi_summarisation(version: str) -> list[dict]:
+    """Prose passages of the C API pages (a part of the documentation the first part does not use)."""
+    source = f"Python 3.11 documentation, C API (Debian python3.11-doc {version}, PSF License Agreement)"
+    tokenizer = smollm2_tokenizer()
+    build_prompts.MIN_PASSAGE_TOKENS = MIN_TRAIN_PASSAGE_TOKENS
+    pages = sorted(str(p.relative_to(DOC_ROOT)) for p in (DOC_ROOT / "c-api").glob("*.html"))
+    return [{"id": f"train/summarisation/{p['page'].removesuffix('.html')}#{p['section']}", "domain": "summarisation",
+             "prompt": f"{SUMMARY_INSTRUCTION}\n\n{p['passage']}", "source": source}
+            for p in _interleave([page_passages(page, tokenizer) for page in pages])]
+
+
 def build() -> list[dict]:
     version = _debian_version("python3.11-doc")
     complete, explain = stdlib_prompts()
     records = humaneval_rest() + complete + mtbench_rest() + docs_conversation(version) + explain
     records += docs_summarisation(version)
+    seen = {r["prompt"] for r in records}  # (the first part has a few repeated prompts; they stay as they were)
+    for r in api_prompts(version) + capi_summarisation(version):
+        if r["prompt"] not in seen:
+            records.append(r)
+            seen.add(r["prompt"])
     benchmark = {p["prompt"] for d in ("code", "conversation", "summarisation") for p in load_prompts(d)}
     overlap = [r["id"] for r in records if r["prompt"] in benchmark]
     if overlap:

@@ -238,28 +238,6 @@ def test_head_benchmark_summarises_one_interleaved_run(target, trained):
     assert "tau" in headbench.format_head_report({"figures": f, "k": 3})
 
 
-@pytest.mark.parametrize("preallocated", [True, False])
-def test_batched_answers_equal_answers_one_at_a_time(preallocated):
-    """Left padding, batching and the preallocated cache change nothing of the greedy text."""
-    from transformers import PreTrainedTokenizerFast
-
-    from specdec.crossvocab import load_tokenizer
-    from specdec.prompts import encode_prompt
-
-    tok = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer("target-1000"))
-    model = tiny_llama(n_layers=2, vocab=1000, seed=0)
-    texts = ["def add(a, b):", "The quick brown fox jumps over", "Hello", "import os\nimport sys\nprint(os.sep)"]
-    prompts = [dict(id=f"p{i}", domain="code", prompt=t) for i, t in enumerate(texts)]
-    samples = headdata.generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=3, progress=False,
-                                        preallocated=preallocated)
-    assert [s.id for s in samples] == [p["id"] for p in prompts]
-    for s, p in zip(samples, prompts):
-        ids = encode_prompt(tok, p["prompt"])
-        assert s.prompt == ids.tolist()
-        assert s.answer == autoregressive_generate(model, ids, 12).tokens
-    assert headdata.generate_answers(model, tok, prompts, 4, 2, progress=False, max_seconds=0.0) == []
-
-
 @pytest.mark.skipif(not headdata.DOC_ROOT.is_dir(), reason="needs Debian's python3.11-doc (make train-prompts)")
 def test_reference_text_alternates_code_and_prose_within_its_budget():
     from specdec.prompts import smollm2_tokenizer

@@ -47,10 +47,8 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -58,6 +56,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .provenance import (BUSY_LOAD_PER_CORE, BusyMachineError, OthersCPU, is_committed_path,  # noqa: F401
+                         load_average, require_quiet, wait_for_quiet, write_report)
+from .provenance import provenance as _provenance
 from .analysis import BASELINE, OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path
 from .checks import require_int
 from .decoding import autoregressive_generate, speculative_generate
@@ -433,61 +434,12 @@ def run_config(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) -> G
 # --------------------------------------------------------------------------------------------
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    """The commit of the checkout this package runs from (with ``+changes`` when the working
-    tree differs from it), or None outside a git checkout."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "lib"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+changes" if dirty else "")
-
-
 def provenance(plan: SweepPlan | None = None, command: str | None = None, device: str = "cpu") -> dict:
-    """How a run was made: command, device, library versions and the code's commit, date, CPU,
-    profile, plan."""
-    import importlib.metadata as md
-
-    def version(pkg):
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    dev = torch.device(device)
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
-    return {
-        "kind": "provenance",
-        "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "device_name": gpu or _cpu_name(),
-        "host_cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {p: version(p) for p in ("torch", "transformers", "bitsandbytes", "specdec", "numpy")},
-        "commit": _git_commit(),
-        "profile": plan.profile if plan is not None else os.environ.get("SPECDEC_PROFILE", ""),
-        "plan": asdict(plan) if plan is not None else None,
-    }
+    """:func:`specdec.provenance.provenance` with the sweep's profile and plan."""
+    record = _provenance(command=command, device=device)
+    record.update(profile=plan.profile if plan is not None else record["profile"],
+                  plan=asdict(plan) if plan is not None else None)
+    return record
 
 
 def _write_provenance(results_path: Path, record: dict) -> Path:
@@ -498,82 +450,6 @@ def _write_provenance(results_path: Path, record: dict) -> Path:
     runs = [r for r in runs if r.get("run_id") != record["run_id"]] + [record]
     path.write_text(json.dumps({"results": results_path.name, "runs": runs}, indent=2) + "\n")
     return path
-
-
-def require_quiet(out, force: bool = False) -> list[float] | None:
-    """The load average now; ``BusyMachineError`` if ``out`` is a committed results path, the
-    machine is busy (above :data:`BUSY_LOAD_PER_CORE` per core) and ``force`` is not set."""
-    load = load_average()
-    if (out is not None and is_committed_path(Path(out)) and not force and load
-            and load[0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)):
-        raise BusyMachineError(f"load average {load[0]} is too high to record {out}; "
-                               "wait for a quiet machine or pass --force")
-    return load
-
-
-def write_report(report: dict, out, command: str | None, load_before, force: bool = False) -> dict:
-    """Add provenance (command, machine, versions, the load before and after, whether forced)
-    to ``report`` and, when ``out`` is given, write it there as JSON. Returns ``report``."""
-    report["provenance"] = {**provenance(command=command), "load_average_before": load_before,
-                            "load_average_after": load_average(), "forced": bool(force)}
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1, default=float) + "\n")
-    return report
-
-
-class BusyMachineError(RuntimeError):
-    """The machine is too busy to record a results file that others will read as a measurement."""
-
-
-BUSY_LOAD_PER_CORE = 0.75  # a committed file is refused above this load average per core (1.5 on 2 cores)
-
-
-def wait_for_quiet(max_load: float, timeout_s: float = 300.0, poll_s: float = 10.0) -> list[float] | None:
-    """Wait (up to ``timeout_s``) until the 1-minute load average is at most ``max_load``, as
-    it is a minute or so after a sweep of this process ends; returns the last load read. The
-    caller's own check then refuses or records as usual."""
-    deadline = time.monotonic() + timeout_s
-    load = load_average()
-    while load is not None and load[0] > max_load and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        load = load_average()
-    return load
-
-
-def load_average() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where the OS does not report them)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-class _OthersCPU:
-    """Cores kept busy by *other* processes while a block ran: the machine's busy CPU time
-    (``/proc/stat``) minus this process's own (``/proc/self/stat``), over the wall time. The
-    load average cannot tell this: a benchmark's own two threads already make it 2."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.start = self._read()
-
-    @staticmethod
-    def _read():
-        try:
-            cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-            busy = sum(int(x) for i, x in enumerate(cpu[:8]) if i not in (3, 4))  # all but idle, iowait
-            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-            return busy, int(own[11]) + int(own[12]), time.perf_counter()
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def cores(self) -> float | None:
-        end = self._read()
-        if self.start is None or end is None or end[2] <= self.start[2]:
-            return None
-        others = (end[0] - self.start[0]) - (end[1] - self.start[1])
-        return round(max(0.0, others / self.hz / (end[2] - self.start[2])), 3)
 
 
 def completed_hashes(path: str | Path) -> set[tuple[str, int]]:
@@ -649,7 +525,7 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
             _warm_up(pair, [c for _, block in units for c in block], by_id)
             bar = tqdm(total=sum(len(b) for _, b in units), desc=name, disable=not progress)
             for r, block in units:
-                meter, results = _OthersCPU(), []
+                meter, results = OthersCPU(), []
                 for cfg in (block if r % 2 == 0 else block[::-1]):
                     res = run_config(pair, cfg, by_id[cfg.prompt_id])
                     res.meta.update(run_id=run_id, repeat=r)
@@ -770,13 +646,6 @@ def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def is_committed_path(path: Path) -> bool:
-    """Is ``path`` under a ``data/results`` folder, where the book's committed results live?
-    (Recording there is refused on a busy machine unless forced.)"""
-    parts = path.resolve().parts
-    return any(parts[i:i + 2] == ("data", "results") for i in range(len(parts) - 1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,8 @@ def run_ablations(minutes_each: float = 5.0, reference_tokens: int = 50_000, k: 
     from .eagle import EagleHead, default_feature_layers
     from .fastpath import choose_path, prepare
     from .headbench import head_step_cost, verify_costs
-    from .headdata import draft_vocabulary, extract_features, load_answers, reference_samples
+    from .headanswers import load_answers
+    from .headdata import draft_vocabulary, extract_features, reference_samples
     from .headtrain import TrainConfig, default_answers_path, evaluate_head, train_head
     from .loaders import load_smollm2
     from .prompts import stop_token_ids

@@ -2,8 +2,7 @@
 
 1. :func:`load_train_prompts` -- the training prompts (``data/train/prompts.jsonl``, built by
    ``scripts/build_train_prompts.py`` from items no benchmark prompt uses).
-2. :func:`generate_answers` -- the target answers them (batched ``generate()``, which is what
-   batching is for); :func:`save_answers` / :func:`load_answers` keep the token ids.
+2. The target answers them (:mod:`specdec.headanswers`, batched and resumable, kept in parts).
    :func:`reference_samples` adds text the target did not write -- the Python standard
    library's source and the Python documentation, installed offline -- on which the target's
    features and distributions are just as much the target's: more text for the same price as
@@ -20,7 +19,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ from tqdm.auto import tqdm
 
 from .cache import decoder_layers
 
-__all__ = ["Sample", "train_prompts_file", "load_train_prompts", "generate_answers", "save_answers", "load_answers",
-           "reference_samples", "draft_vocabulary", "FeatureSet", "extract_features"]
+__all__ = ["Sample", "train_prompts_file", "load_train_prompts", "reference_samples", "draft_vocabulary", "FeatureSet",
+           "extract_features"]
 
 DOC_ROOT = Path("/usr/share/doc/python3.11/html")
 #: documentation parts no benchmark prompt comes from (the summarisation prompts use tutorial and howto)
@@ -40,7 +38,9 @@ REFERENCE_DOCS = ("library", "reference", "whatsnew", "using", "extending", "dis
 
 
 def train_prompts_file() -> Path:
-    return Path(__file__).resolve().parents[2] / "data" / "train" / "prompts.jsonl"
+    from .provenance import repo_root
+
+    return repo_root() / "data" / "train" / "prompts.jsonl"
 
 
 def load_train_prompts(domains=None, n_per_domain: int | None = None) -> list[dict]:
@@ -76,66 +76,6 @@ class Sample:
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.answer
-
-
-@torch.inference_mode()
-def generate_answers(target, tokenizer, prompts: list[dict], max_new_tokens: int = 256, batch_size: int = 16,
-                     temperature: float = 0.0, seed: int = 0, stop_ids=(), progress: bool = True,
-                     preallocated: bool = True, max_seconds: float | None = None) -> list[Sample]:
-    """The target's answers to ``prompts`` (dicts with ``prompt``, ``domain``, ``id``),
-    generated ``batch_size`` at a time (left-padded), greedy or at ``temperature``; each
-    answer is cut after its first stop token. ``preallocated``: ``generate()`` writes into
-    our preallocated cache (:class:`specdec.cache.PreallocatedCache`) instead of growing a
-    ``DynamicCache`` by concatenation at every step.
-
-    The prompts are taken in a shuffled order (``seed``), sorted by length only within windows
-    of eight batches (so that padding stays small): with ``max_seconds`` no new batch starts
-    after that time, and the answers made so far are a sample of every domain. Returns the
-    answered prompts' samples, in the order of ``prompts``.
-    """
-    import time
-
-    from .cache import PreallocatedCache
-    from .prompts import encode_prompt
-
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be >= 1")
-    stops = sorted(int(s) for s in stop_ids)
-    pad = stops[0] if stops else 0
-    device = next(target.parameters()).device
-    encoded = [encode_prompt(tokenizer, p["prompt"]).tolist() for p in prompts]
-    shuffled = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
-    window = 8 * batch_size
-    order = [i for w in range(0, len(shuffled), window)
-             for i in sorted(shuffled[w: w + window], key=lambda i: len(encoded[i]))]  # similar lengths pad less
-    out: dict[int, Sample] = {}
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(prompts), desc="answers", disable=not progress)
-    for b in range(0, len(order), batch_size):
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
-        idx = order[b: b + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
-        kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=stops or None,
-                      pad_token_id=pad)
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-        if preallocated:
-            kwargs["past_key_values"] = PreallocatedCache(width + max_new_tokens + 1)
-        gen = target.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)[:, width:].tolist()
-        for row, i in enumerate(idx):
-            answer = gen[row]
-            cut = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
-            out[i] = Sample(encoded[i], answer[:cut], prompts[i].get("domain", ""), prompts[i].get("id", str(i)))
-        bar.update(len(idx))
-    bar.close()
-    return [out[i] for i in range(len(prompts)) if i in out]
 
 
 def _stdlib_chunks(tokenizer, chunk_tokens: int):
@@ -358,22 +298,3 @@ def extract_features(target, samples: list[Sample], feature_layers: tuple[int, .
         fs.argmax.append(arg)
         fs.domains.append(s.domain)
     return fs
-
-
-def save_answers(samples: list[Sample], path, meta: dict | None = None) -> Path:
-    """Write the samples' token ids as gzipped JSON lines (a first line holds ``meta``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"meta": meta or {}}) + "\n")
-        for s in samples:
-            f.write(json.dumps(dict(id=s.id, domain=s.domain, prompt=s.prompt, answer=s.answer)) + "\n")
-    return path
-
-
-def load_answers(path) -> tuple[list[Sample], dict]:
-    """The samples and the ``meta`` that :func:`save_answers` wrote."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        meta = json.loads(f.readline())["meta"]
-        samples = [Sample(**json.loads(line)) for line in f if line.strip()]
-    return samples, meta

@@ -276,8 +276,10 @@ def _repo() -> Path:
 
 
 def default_answers_path():
-    """Where the target's answers to the training prompts are kept: ``data/train/answers.jsonl.gz``."""
-    return _repo() / "data" / "train" / "answers.jsonl.gz"
+    """Where the target's answers to the training prompts are kept (:func:`specdec.headanswers.answers_dir`)."""
+    from .headanswers import answers_dir
+
+    return answers_dir()
 
 
 def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_new_tokens: int = 256,
@@ -300,8 +302,8 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     """
     from .eagle import DRAFT_VOCAB, EagleHead
     from .fastpath import choose_path, prepare
-    from .headdata import (draft_vocabulary, extract_features, generate_answers, load_answers, reference_samples,
-                           save_answers)
+    from .headanswers import generate_answers, load_answers, save_answers
+    from .headdata import draft_vocabulary, extract_features, reference_samples
     from .prompts import stop_token_ids
 
     if not prompts:
@@ -312,7 +314,8 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
     engine = prepare(target, path)
     info["path"] = path.label
     samples = None
-    if answers_path is not None and Path(answers_path).is_file():
+    if answers_path is not None and Path(answers_path).exists() and (
+            Path(answers_path).is_file() or any(Path(answers_path).glob("part-*"))):
         stored, meta = load_answers(answers_path)
         wanted = {p["id"] for p in prompts}
         if meta.get("max_new_tokens") == max_new_tokens and all(s.id in wanted for s in stored):
@@ -324,7 +327,8 @@ def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_ne
                                    progress=progress, max_seconds=answer_seconds)
         info["answer_seconds"] = time.perf_counter() - t
         if answers_path is not None:
-            save_answers(samples, answers_path, meta=dict(max_new_tokens=max_new_tokens, temperature=0.0,
+            save_answers(samples, Path(answers_path) / "part-0000.jsonl.gz" if Path(answers_path).suffix != ".gz"
+                         else answers_path, meta=dict(max_new_tokens=max_new_tokens, temperature=0.0,
                                                           seconds=info["answer_seconds"], n_prompts=len(prompts),
                                                           n_answered=len(samples), path=path.label))
     held = [s for i, s in enumerate(samples) if i % held_out_every == held_out_every - 1]

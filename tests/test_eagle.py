@@ -290,3 +290,59 @@ def test_asking_the_head_twice_about_the_same_text_gives_the_same_draft(target, 
     first, _ = drafter.propose(seq, 3, SamplingParams(temperature=0))
     again, _ = drafter.propose(seq, 3, SamplingParams(temperature=0))
     assert torch.equal(first, again)
+
+
+def test_training_resumes_from_its_checkpoint_exactly(target, tmp_path):
+    """A run stopped after one step and resumed from its checkpoint ends where an uninterrupted
+    run ends: the same weights, to the bit."""
+    layers = eagle.default_feature_layers(4)
+    samples = _samples(target, 16, seed=5, length=24)
+    train = headdata.extract_features(target, samples, layers, progress=False)
+    d2t = headdata.draft_vocabulary(samples, size=40, always=(1,))
+    cfg = dict(epochs=3, batch_tokens=256, lr=3e-3, eval_every=10_000, steps=2, feature_noise=0.1, regression=0.5)
+    torch.manual_seed(0)
+    whole = eagle.EagleHead.for_target(target, d2t)
+    start = copy.deepcopy(whole.state_dict())
+    headtrain.train_head(whole, train, config=headtrain.TrainConfig(**cfg), progress=False)
+    torch.manual_seed(0)
+    parts = eagle.EagleHead.for_target(target, d2t)
+    parts.load_state_dict(start)
+    ckpt = tmp_path / "ckpt.pt"
+    first = headtrain.train_head(parts, train, config=headtrain.TrainConfig(**cfg, max_seconds=0.0), progress=False,
+                                 checkpoint=ckpt)
+    assert not first.attrs["done"] and first.attrs["steps_done"] == 1 and ckpt.is_file()
+    again = eagle.EagleHead.for_target(target, d2t)  # a fresh process would build the head afresh
+    rest = headtrain.train_head(again, train, config=headtrain.TrainConfig(**cfg), progress=False, checkpoint=ckpt)
+    assert rest.attrs["done"] and rest.attrs["steps_done"] == rest.attrs["total_steps"]
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    with pytest.raises(ValueError, match="other settings"):
+        headtrain.train_head(again, train, config=headtrain.TrainConfig(**{**cfg, "lr": 1e-3}), progress=False,
+                             checkpoint=ckpt)
+
+
+def test_patience_stops_on_a_plateau_and_keeps_the_best_head(target, trained):
+    _, _, held, _ = trained
+    layers = eagle.default_feature_layers(4)
+    samples = _samples(target, 16, seed=6, length=24)
+    train = headdata.extract_features(target, samples, layers, progress=False)
+    head = eagle.EagleHead.for_target(target, headdata.draft_vocabulary(samples, size=40, always=(1,)))
+    # a learning rate far too high: held-out tau soon stops improving
+    cfg = headtrain.TrainConfig(epochs=200, batch_tokens=256, lr=0.5, eval_every=2, patience=3, min_delta=0.0)
+    history = headtrain.train_head(head, train, held, cfg, progress=False)
+    assert history.attrs["stopped_early"] and history.attrs["steps_done"] < history.attrs["total_steps"]
+    assert headtrain.evaluate_head(head, held, steps=cfg.k)["tau"] == pytest.approx(history["tau"].max())
+
+
+def test_regression_term_and_calibration_are_reported(target, trained):
+    _, head, held, _ = trained
+    ev = headtrain.evaluate_head(head, held, steps=3)
+    cal = ev["calibration"]
+    assert len(cal["n"]) == 3 and all(len(row) == 10 for row in cal["n"])
+    assert sum(cal["n"][0]) == ev["n_positions"]  # every chain is alive at the first step
+    assert all(0 <= a <= n for rn, ra in zip(cal["n"], cal["accepted"]) for n, a in zip(rn, ra))
+    batch = headtrain._batch(held, list(range(4)), 2, "cpu")
+    with torch.no_grad():
+        plain, _ = headtrain.head_loss(head, batch, 2)
+        with_reg, _ = headtrain.head_loss(head, batch, 2, regression=1.0)
+    assert float(with_reg) > float(plain)  # the head's output is not the target's feature

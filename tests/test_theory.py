@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from specdec import theory
 from specdec.theory import best_k, expected_tokens, simulate_tokens_per_round, speedup, speedup_limit
 
 
@@ -217,3 +218,41 @@ def test_bad_simulation_arguments():
 def test_bad_k_max(k_max):
     with pytest.raises(ValueError, match="k_max"):
         best_k(0.5, 0.1, k_max=k_max)
+
+
+# -- planning with measured figures ---------------------------------------------------------
+
+
+def test_chain_tokens_is_the_iid_law_for_constant_acceptance():
+    for a in (0.0, 0.3, 0.8, 1.0):
+        for k in range(6):
+            assert theory.chain_tokens([a], k) == pytest.approx(theory.expected_tokens(a, k))
+    # by position: 1 + .8 + .8*.5 + .8*.5*.5
+    assert theory.chain_tokens([0.8, 0.5], 3) == pytest.approx(1 + 0.8 + 0.4 + 0.2)
+    with pytest.raises(ValueError):
+        theory.chain_tokens([1.2], 2)
+    with pytest.raises(ValueError):
+        theory.chain_tokens([], 2)
+
+
+def test_verify_cost_interpolates_and_holds_its_ends():
+    v = {2: 1.1, 5: 1.4, 9: 2.2}
+    assert theory.verify_cost_at(v, 1) == 1.0 and theory.verify_cost_at(v, 5) == pytest.approx(1.4)
+    assert theory.verify_cost_at(v, 3) == pytest.approx(1.2) and theory.verify_cost_at(v, 40) == pytest.approx(2.2)
+
+
+def test_plan_drafting_picks_the_law_best_k_and_tree():
+    ranks = [[0.7, 0.1], [0.6, 0.1], [0.5, 0.1], [0.3, 0.1]]
+    v = {2: 1.05, 3: 1.1, 5: 1.2, 9: 1.6, 17: 2.5, 33: 4.0}
+    plan = theory.plan_drafting(ranks, v, c=0.05, k_max=6, max_nodes=16)
+    chains = plan["chains"]
+    # the chosen K is the brute-force argmax of the law with these figures
+    best = max(range(7), key=lambda k: theory.chain_tokens([r[0] for r in ranks], k)
+               / (theory.verify_cost_at(v, k + 1) + 0.05 * k))
+    assert plan["chain"]["k"] == best and chains.loc[0, "speedup"] == pytest.approx(1.0)
+    assert plan["tree"]["speedup"] >= plan["chain"]["speedup"] - 1e-12  # a chain is one of the trees
+    # a free verify pass and free drafts: draft as much as allowed
+    flat = theory.plan_drafting(ranks, {n: 1.0 for n in (2, 64)}, c=0.0, k_max=6, max_nodes=16)
+    assert flat["chain"]["k"] == 6 and flat["tree"]["n_nodes"] == 16
+    # a draft that is never right: no speculation
+    assert theory.plan_drafting([[0.0]], v, c=0.05)["chain"]["k"] == 0

@@ -31,7 +31,7 @@ from .headdata import Sample
 from .prompts import encode_prompt
 
 __all__ = ["answers_dir", "generate_answers", "measure_batch_sizes", "answer_in_parts", "save_answers",
-           "load_answers", "answered_ids", "main"]
+           "answer_parts", "load_answers", "answered_ids", "main"]
 
 PART_GLOB = "part-*.jsonl.gz"
 
@@ -135,6 +135,16 @@ def _load_file(path) -> tuple[list[Sample], dict]:
     return samples, meta
 
 
+def answer_parts(folder=None, max_parts: int | None = None) -> list[tuple[str, list[Sample], dict]]:
+    """The parts of ``folder`` (default: :func:`answers_dir`) in order: ``(name, samples, meta)``."""
+    folder = answers_dir() if folder is None else Path(folder)
+    parts = sorted(folder.glob(PART_GLOB))[:max_parts]
+    if not parts:
+        raise FileNotFoundError(f"no answers in {folder}: make them with `make answers` "
+                                "(python -m specdec.headanswers)")
+    return [(p.name.split(".")[0], *_load_file(p)) for p in parts]
+
+
 def load_answers(path=None, max_parts: int | None = None) -> tuple[list[Sample], dict]:
     """The samples and settings of one answers file, or of every part in a folder (default:
     :func:`answers_dir`), in part order. For a folder ``meta`` holds the settings every part
@@ -143,19 +153,13 @@ def load_answers(path=None, max_parts: int | None = None) -> tuple[list[Sample],
     path = answers_dir() if path is None else Path(path)
     if path.is_file():
         return _load_file(path)
-    parts = sorted(path.glob(PART_GLOB))[:max_parts]
-    if not parts:
-        raise FileNotFoundError(f"no answers in {path}: make them with `make answers` "
-                                "(python -m specdec.headanswers)")
-    samples, metas = [], []
-    for p in parts:
-        s, m = _load_file(p)
-        samples += s
-        metas.append(m)
+    parts = answer_parts(path, max_parts)
+    samples = [s for _, part, _ in parts for s in part]
+    metas = [m for _, _, m in parts]
     shared = {k: metas[0].get(k) for k in ("max_new_tokens", "temperature")}
-    for p, m in zip(parts, metas):
+    for (name, _, m) in parts:
         if any(m.get(k) != v for k, v in shared.items()):
-            raise ValueError(f"{p.name} was made with other settings ({m}) than {parts[0].name} ({metas[0]})")
+            raise ValueError(f"{name} was made with other settings ({m}) than {parts[0][0]} ({metas[0]})")
     return samples, dict(shared, n_parts=len(parts), seconds=sum(m.get("seconds") or 0.0 for m in metas),
                          paths=sorted({m.get("path") for m in metas if m.get("path")}))
 
@@ -179,16 +183,17 @@ def _next_part(folder: Path) -> int:
 def measure_batch_sizes(target, tokenizer, prompts: list[dict], sizes=(8, 16, 32), prompts_per_size: int = 64,
                         rounds: int = 2, max_new_tokens: int = 256, stop_ids=(), progress: bool = True):
     """Answer tokens per second at each batch size in ``sizes``: ``rounds`` rounds, each
-    answering the next ``prompts_per_size / rounds`` prompts at every size in turn (so a slow
-    moment of the machine falls on every size alike). Returns ``(table, samples)``: per size
-    the tokens, seconds and tokens/s of each round and their median, and every answer made."""
+    answering the next ``prompts_per_size / rounds`` prompts (at least one full batch) at every
+    size in turn (so a slow moment of the machine falls on every size alike). Returns
+    ``(table, samples)``: per size the tokens, seconds and tokens/s of each round and their
+    median, and every answer made."""
     import statistics
 
-    per_round = max(1, prompts_per_size // rounds)
     table = {int(b): dict(rounds=[]) for b in sizes}
     samples, at = [], 0
     for r in range(rounds):
         for b in sizes:
+            per_round = max(int(b), prompts_per_size // rounds)
             chunk = prompts[at: at + per_round]
             at += per_round
             if not chunk:
@@ -354,7 +359,8 @@ def main(argv=None) -> int:
     if batch is None:
         todo = [p for p in prompts if p["id"] not in done]
         perm = torch.randperm(len(todo), generator=torch.Generator().manual_seed(1)).tolist()
-        table, first = measure_batch_sizes(engine, tokenizer, [todo[i] for i in perm[: 64 * len(sizes)]], sizes,
+        need = sum(max(b, 32) * 2 for b in sizes)
+        table, first = measure_batch_sizes(engine, tokenizer, [todo[i] for i in perm[:need]], sizes,
                                            max_new_tokens=args.max_new_tokens, stop_ids=stops)
         batch = max(table, key=lambda b: table[b]["median_tokens_per_s"] or 0.0)
         print(f"batch size {batch}: the fastest here ({table[batch]['median_tokens_per_s']:.0f} answer tokens/s)")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .cache import decoder_layers
 
 __all__ = ["Sample", "train_prompts_file", "load_train_prompts", "reference_samples", "draft_vocabulary", "FeatureSet",
-           "extract_features"]
+           "extract_features", "features_cache_dir", "cached_features"]
 
 DOC_ROOT = Path("/usr/share/doc/python3.11/html")
 #: documentation parts no benchmark prompt comes from (the summarisation prompts use tutorial and howto)
@@ -225,6 +225,19 @@ class FeatureSet:
         return FeatureSet(self.tokens, self.starts, [f[:, cols] for f in self.features], self.finals, self.lse,
                           self.argmax, self.domains, layers)
 
+    @classmethod
+    def concat(cls, sets: list["FeatureSet"]) -> "FeatureSet":
+        """The texts of ``sets`` one after the other (same feature layers)."""
+        if not sets:
+            raise ValueError("nothing to concatenate")
+        if len({fs.feature_layers for fs in sets}) > 1:
+            raise ValueError("feature sets of different layers")
+        out = cls(feature_layers=sets[0].feature_layers)
+        for fs in sets:
+            for k in ("tokens", "starts", "features", "finals", "lse", "argmax", "domains"):
+                getattr(out, k).extend(getattr(fs, k))
+        return out
+
     def save(self, path) -> None:
         torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
 
@@ -298,3 +311,36 @@ def extract_features(target, samples: list[Sample], feature_layers: tuple[int, .
         fs.argmax.append(arg)
         fs.domains.append(s.domain)
     return fs
+
+
+def features_cache_dir() -> Path:
+    """Where features are kept between runs: ``.cache/specdec/features`` in the repository
+    (not committed: they are ten times the size of the answers and recomputed where missing)."""
+    from .provenance import repo_root
+
+    return repo_root() / ".cache" / "specdec" / "features"
+
+
+def cached_features(target, groups: list[tuple[str, list[Sample]]], feature_layers: tuple[int, ...], key: str,
+                    cache_dir=None, progress: bool = True) -> FeatureSet:
+    """:func:`extract_features` of each named group of samples (an answers part, the reference
+    text), read from ``cache_dir`` where an earlier run saved it under the same ``key`` (say
+    the target's path and the layers) and number of texts, else computed and saved there: a
+    stopped run loses at most the group in progress. The groups' features, concatenated."""
+    import hashlib
+
+    cache_dir = features_cache_dir() if cache_dir is None else Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    sets = []
+    for name, samples in tqdm(groups, desc="feature groups", disable=not progress or len(groups) < 2):
+        digest = hashlib.sha1(json.dumps([key, list(feature_layers), [s.tokens for s in samples]]).encode()).hexdigest()
+        path = cache_dir / f"{name}-{digest[:12]}.pt"
+        if path.is_file():
+            fs = FeatureSet.load(path)
+        else:
+            fs = extract_features(target, samples, feature_layers, progress=progress)
+            tmp = path.with_name(path.name + ".partial")
+            fs.save(tmp)
+            tmp.replace(path)
+        sets.append(fs)
+    return FeatureSet.concat(sets)

@@ -67,16 +67,26 @@ def _batch(fs: FeatureSet, indices, steps: int, device):
             [m.to(**to) for m in masks])
 
 
-def head_loss(head, batch, steps: int, decay: float = 0.8):
+def head_loss(head, batch, steps: int, decay: float = 0.8, regression: float = 0.0, feature_noise: float = 0.0):
     """The weighted cross-entropy of the unrolled steps, and per step the greedy agreement
     with the target's argmax, the expected acceptance ``sum min(p, q)`` at temperature 1 and
-    the number of rows, on the rows of ``batch`` (:func:`_batch`)."""
+    the number of rows, on the rows of ``batch`` (:func:`_batch`).
+
+    ``regression > 0`` adds EAGLE-1's feature regression: a SmoothL1 loss, weighted by
+    ``regression``, between the head's output read as a feature (``norm_out(h)``, what the
+    LM-head rows multiply) and the target's final normalised hidden state at the position it
+    predicts from -- without it ``h`` is only whatever vector gives the right distribution.
+    ``feature_noise`` adds uniform noise of that width to the target's features (EAGLE-1's
+    remedy for the gap between real features and the head's own outputs)."""
     feats, tokens, finals, lse, argmax, masks = batch
     n = feats.shape[1]
+    if feature_noise > 0 and torch.is_grad_enabled():
+        feats = feats + (torch.rand_like(feats) - 0.5) * feature_noise
     outs = head.unrolled(head.fuse(feats), tokens, steps)
     total, weight, stats = 0.0, 0.0, []
     for j, (h, mask) in enumerate(zip(outs, masks), start=1):
-        logq = F.log_softmax(head.logits(h).float(), -1)
+        out = head.norm_out(h)
+        logq = F.log_softmax((out @ head.lm_rows.T).float(), -1)
         # the target's probabilities on the draft vocabulary (they sum to at most 1)
         fin = finals[:, j: j + n]
         logp = fin @ head.target_rows.T - lse[:, j: j + n, None]
@@ -84,7 +94,11 @@ def head_loss(head, batch, steps: int, decay: float = 0.8):
         ce = -(p * logq).sum(-1)
         m = mask.float()
         rows = m.sum().clamp(min=1)
-        total = total + decay ** (j - 1) * (ce * m).sum() / rows
+        step_loss = (ce * m).sum() / rows
+        if regression > 0:
+            reg = F.smooth_l1_loss(out.float(), fin, reduction="none").mean(-1)
+            step_loss = step_loss + regression * (reg * m).sum() / rows
+        total = total + decay ** (j - 1) * step_loss
         weight += decay ** (j - 1)
         with torch.no_grad():
             best = argmax[:, j: j + n]
@@ -94,7 +108,8 @@ def head_loss(head, batch, steps: int, decay: float = 0.8):
             idx = _target_to_draft(head)[best.clamp(min=0)]
             mine = logq.gather(-1, idx.clamp(min=0).unsqueeze(-1))
             rank = torch.where(idx >= 0, (logq > mine).sum(-1), torch.full_like(idx, len(head.d2t)))
-            stats.append(dict(agree=agree, accept=accept, mask=mask, ce=ce.detach(), rank=rank))
+            top = logq.max(-1).values.exp()  # the head's confidence in its first guess
+            stats.append(dict(agree=agree, accept=accept, mask=mask, ce=ce.detach(), rank=rank, confidence=top))
     return total / weight, stats
 
 
@@ -107,7 +122,13 @@ def _target_to_draft(head) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How long and how to train: token budget per batch, passes, optimiser, unrolled steps."""
+    """How long and how to train: token budget per batch, passes, optimiser, unrolled steps,
+    the loss's options, when to stop and how often to save a checkpoint.
+
+    The learning rate warms up for ``warmup`` steps and then follows a cosine over ``epochs``
+    passes of the training texts -- a schedule sized to the data. Training stops earlier when
+    the held-out tau has not improved by ``min_delta`` for ``patience`` evaluations (a
+    plateau; ``None``: never), and the head keeps the weights of its best evaluation."""
 
     epochs: float = 1.0
     batch_tokens: int = 2048
@@ -116,14 +137,27 @@ class TrainConfig:
     warmup: int = 20
     steps: int = 3  # draft steps unrolled (training-time test)
     decay: float = 0.8  # weight of each later step
+    regression: float = 0.0  # weight of EAGLE-1's feature regression (0: none)
+    feature_noise: float = 0.0  # width of the uniform noise added to the target's features
     eval_every: int = 50
-    eval_k: int = 4  # draft length of the held-out tau
+    eval_k: int | None = None  # draft length of the held-out tau (default: steps)
+    patience: int | None = None  # evaluations without a better held-out tau before stopping
+    min_delta: float = 0.002
     seed: int = 0
     max_seconds: float | None = None  # stop early when the wall clock passes this
+    checkpoint_seconds: float = 600.0  # how often a checkpoint is written, when there is a path
 
     def __post_init__(self):
-        if self.epochs <= 0 or self.batch_tokens < 1 or self.lr <= 0 or self.steps < 1 or self.eval_k < 1:
-            raise ValueError("epochs, batch_tokens, lr, steps and eval_k must be positive")
+        if self.epochs <= 0 or self.batch_tokens < 1 or self.lr <= 0 or self.steps < 1:
+            raise ValueError("epochs, batch_tokens, lr and steps must be positive")
+        if self.eval_k is not None and self.eval_k < 1:
+            raise ValueError("eval_k must be positive")
+        if self.regression < 0 or self.feature_noise < 0 or (self.patience is not None and self.patience < 1):
+            raise ValueError("regression and feature_noise must be >= 0, patience >= 1")
+
+    @property
+    def k(self) -> int:
+        return self.steps if self.eval_k is None else self.eval_k
 
 
 def _batches(fs: FeatureSet, batch_tokens: int, generator) -> list[list[int]]:
@@ -142,9 +176,19 @@ def _batches(fs: FeatureSet, batch_tokens: int, generator) -> list[list[int]]:
 
 
 def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, config: TrainConfig = TrainConfig(),
-               progress: bool = True) -> "pd.DataFrame":
+               progress: bool = True, checkpoint=None) -> "pd.DataFrame":
     """Train ``head`` in place; returns the history (one row per evaluation: optimiser step,
-    training tokens seen, seconds, training loss, held-out loss and acceptance)."""
+    training tokens seen, seconds, training loss, held-out loss, tau and acceptance).
+
+    With ``checkpoint`` (a path) the state of training -- the head, the optimiser, the
+    schedule, the order of the batches and where in it training is, the history, the best
+    weights so far -- is written there every ``config.checkpoint_seconds`` and when training
+    stops (also on Ctrl-C), and a run that finds a checkpoint made with the same settings
+    carries on from it: a stopped run loses at most the minutes since the last one. With a
+    patience, the head ends with the weights of its best held-out tau."""
+    import copy
+    import dataclasses
+
     import pandas as pd
 
     if not len(train):
@@ -157,51 +201,103 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
     total = max(1, math.ceil(config.epochs * len(per_epoch)))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    rows, seen, t0, recent = [], 0, time.perf_counter(), []
+    rows, seen, recent = [], 0, []
+    step, pos, best, best_state, since_best = 0, 0, -math.inf, None, 0
+    settings = dict(dataclasses.asdict(config), max_seconds=None, checkpoint_seconds=None, n_train=len(train),
+                    n_train_tokens=train.n_answer_tokens)
+    elapsed0 = 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["settings"] != settings:
+            raise ValueError(f"{checkpoint} was made with other settings or data; remove it to start afresh "
+                             f"(it: {state['settings']}, now: {settings})")
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])  # the feature noise's draws
+        per_epoch, pos, step, seen = state["batches"], state["pos"], state["step"], state["seen"]
+        rows, best, best_state, since_best = state["history"], state["best"], state["best_state"], state["since_best"]
+        elapsed0 = state["seconds"]
+    t0 = time.perf_counter() - elapsed0
+    k = config.k
+
+    def save():
+        if checkpoint is None:
+            return
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(checkpoint) + ".partial")
+        torch.save(dict(settings=settings, head=head.state_dict(), optimizer=opt.state_dict(),
+                        schedule=sched.state_dict(), generator=g.get_state(), rng=torch.get_rng_state(), batches=per_epoch, pos=pos, step=step,
+                        seen=seen, history=rows, best=best, best_state=best_state, since_best=since_best,
+                        seconds=time.perf_counter() - t0, done=step >= total or stopped), tmp)
+        tmp.replace(checkpoint)
 
     def record(step):
-        row = dict(step=step, tokens=seen, seconds=time.perf_counter() - t0,
+        nonlocal best, best_state, since_best
+        row = dict(step=step, tokens=seen, seconds=time.perf_counter() - t0, lr=sched.get_last_lr()[0],
                    train_loss=float(sum(recent) / len(recent)) if recent else math.nan)
         if held_out is not None and len(held_out):
-            ev = evaluate_head(head, held_out, steps=config.eval_k, batch_tokens=config.batch_tokens)
+            ev = evaluate_head(head, held_out, steps=k, batch_tokens=config.batch_tokens)
             row.update(held_out_loss=ev["loss"], tau=ev["tau"], accept_1=ev["agree"][0],
                        expected_accept_1=ev["accept"][0])
+            if ev["tau"] > best + config.min_delta:
+                best, since_best = ev["tau"], 0
+                best_state = copy.deepcopy(head.state_dict()) if config.patience is not None else None
+            else:
+                since_best += 1
         rows.append(row)
         recent.clear()
         return row
 
+    stopped = False
     head.train()
-    record(0)
-    bar = tqdm(total=total, desc="training", disable=not progress)
-    step = 0
-    batches = iter(per_epoch)
-    while step < total:
-        try:
-            idx = next(batches)
-        except StopIteration:
-            batches = iter(_batches(train, config.batch_tokens, g))
-            idx = next(batches)
-        loss, stats = head_loss(head, _batch(train, idx, config.steps, device), config.steps, config.decay)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        step += 1
-        seen += int(stats[0]["mask"].sum())
-        recent.append(float(loss.detach()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{recent[-1]:.3f}")
-        out_of_time = config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds
-        if step % config.eval_every == 0 or step == total or out_of_time:
-            head.eval()
-            record(step)
-            head.train()
-        if out_of_time:
-            break
-    bar.close()
+    if not rows:
+        head.eval()
+        record(0)
+        head.train()
+    bar = tqdm(total=total, initial=step, desc="training", disable=not progress)
+    last_save = time.perf_counter()
+    try:
+        while step < total and not stopped:
+            if pos >= len(per_epoch):
+                per_epoch, pos = _batches(train, config.batch_tokens, g), 0
+            idx = per_epoch[pos]
+            pos += 1
+            loss, stats = head_loss(head, _batch(train, idx, config.steps, device), config.steps, config.decay,
+                                    config.regression, config.feature_noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += int(stats[0]["mask"].sum())
+            recent.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{recent[-1]:.3f}")
+            out_of_time = config.max_seconds is not None and time.perf_counter() - t0 - elapsed0 > config.max_seconds
+            if step % config.eval_every == 0 or step == total or out_of_time:
+                head.eval()
+                record(step)
+                head.train()
+                if config.patience is not None and since_best >= config.patience:
+                    stopped = True
+            if out_of_time:
+                break
+            if time.perf_counter() - last_save > config.checkpoint_seconds:
+                save()
+                last_save = time.perf_counter()
+    finally:
+        bar.close()
+        save()
     head.eval()
-    return pd.DataFrame(rows)
+    done = step >= total or stopped
+    if best_state is not None and done:
+        head.load_state_dict(best_state)
+    history = pd.DataFrame(rows)
+    history.attrs.update(total_steps=total, steps_done=step, stopped_early=stopped, done=done, best_tau=best)
+    return history
 
 
 @torch.no_grad()
@@ -217,12 +313,18 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
     sampled text they are the agreement with the target's argmax along the text.
     ``by_domain`` adds ``tau_by_domain``. ``rank_acceptance[j][r]``: among chains alive at step
     ``j+1``, the share whose target token is the head's ``r``-th guess (``r < ranks``) -- what
-    a greedy tree's ``r``-th child at that depth would catch (:func:`specdec.trees.plan_shape`)."""
+    a greedy tree's ``r``-th child at that depth would catch (:func:`specdec.theory.plan_shape`).
+    ``calibration``: for chains alive at step ``j+1``, counted in ten bins of the head's
+    probability of its first guess (``n[j][b]``) and how many of those guesses were the
+    target's token (``accepted[j][b]``) -- whether a confident draft is a right one, the
+    premise of EAGLE-2's dynamic trees."""
     was_training = head.training
     head.eval()
     g = torch.Generator().manual_seed(0)
     alive_sum = torch.zeros(steps + 1)
     rank_sum = torch.zeros(steps, ranks)
+    bins = torch.linspace(0, 1, 11)
+    conf_n, conf_hit = torch.zeros(steps, 10), torch.zeros(steps, 10)
     accept_sum, accept_rows = torch.zeros(steps), torch.zeros(steps)
     loss_sum, loss_rows = 0.0, 0.0
     accepted_total, chains = 0.0, 0.0
@@ -241,6 +343,9 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
             live = alive & valid  # chains alive before this step
             for r in range(ranks):
                 rank_sum[j, r] += (live & (st["rank"] == r)).sum().item()
+            b = torch.bucketize(st["confidence"][live], bins[1:-1])
+            conf_n[j] += torch.bincount(b, minlength=10).float()
+            conf_hit[j] += torch.bincount(b, weights=st["agree"][live].float(), minlength=10)
             alive = alive & valid & (st["agree"] > 0)
             length += alive.float()
             alive_sum[j + 1] += alive.sum().item()
@@ -260,7 +365,8 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
         head.train()
     agree = [(alive_sum[j + 1] / alive_sum[j]).item() if alive_sum[j] else math.nan for j in range(steps)]
     rank_acc = [(rank_sum[j] / alive_sum[j]).tolist() if alive_sum[j] else [math.nan] * ranks for j in range(steps)]
-    out = dict(loss=loss_sum / max(loss_rows, 1), agree=agree, rank_acceptance=rank_acc,
+    calibration = dict(bins=bins.tolist(), n=conf_n.tolist(), accepted=conf_hit.tolist())
+    out = dict(loss=loss_sum / max(loss_rows, 1), agree=agree, rank_acceptance=rank_acc, calibration=calibration,
                accept=(accept_sum / accept_rows.clamp(min=1)).tolist(),
                tau=1.0 + accepted_total / max(chains, 1), n_positions=int(chains))
     if by_domain:
@@ -271,10 +377,6 @@ def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096
 # -- the whole recipe ------------------------------------------------------------------------
 
 
-def _repo() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def default_answers_path():
     """Where the target's answers to the training prompts are kept (:func:`specdec.headanswers.answers_dir`)."""
     from .headanswers import answers_dir
@@ -282,125 +384,130 @@ def default_answers_path():
     return answers_dir()
 
 
-def build_head(target, tokenizer, prompts: list[dict], answers_path=None, max_new_tokens: int = 256,
-               batch_size: int = 16, draft_vocab: int | None = None, feature_layers=None, held_out_every: int = 20,
-               config: TrainConfig = TrainConfig(), reference_tokens: int = 0, answer_seconds: float | None = None,
-               progress: bool = True, log=print):
-    """Prompts to a trained head: the target's answers (read from ``answers_path`` where it
-    holds every prompt's, else generated and written there), the draft vocabulary, the
-    features, training. Every ``held_out_every``-th text is held out for the curves.
-    ``answer_seconds`` caps the time spent generating answers (a sample of every domain is
-    answered, :func:`specdec.headdata.generate_answers`). ``reference_tokens`` adds that much
-    text the target did not write
-    (:func:`specdec.headdata.reference_samples`) to the training texts only; the draft
-    vocabulary and every held-out figure come from the target's answers.
+def split_held_out(samples: list, every: int = 20) -> tuple[list, list]:
+    """``(train, held_out)``: every ``every``-th text (counting from the first part, so the split
+    of the texts already there does not change as parts are added) is held out."""
+    return ([s for i, s in enumerate(samples) if i % every != every - 1],
+            [s for i, s in enumerate(samples) if i % every == every - 1])
 
-    The answers and the features are computed on the target's fastest path here
-    (:func:`specdec.fastpath.choose_path`), the path the loop will run it on.
 
-    Returns ``(head, history, info)``; ``info`` holds the counts and the seconds of each stage.
-    """
+def build_head(target, tokenizer, answers=None, max_parts: int | None = None, draft_vocab: int | None = None,
+               feature_layers=None, held_out_every: int = 20, config: TrainConfig = TrainConfig(),
+               reference_tokens: int = 0, checkpoint=None, cache_dir=None, progress: bool = True, log=print):
+    """The target's answers to a trained head, each stage resuming from what an earlier run saved:
+
+    1. the answers: every part of ``answers`` (a folder, :func:`default_answers_path`; the first
+       ``max_parts``), made by ``python -m specdec.headanswers``; every ``held_out_every``-th
+       text is held out for the curves and the planner's acceptance tables;
+    2. the draft vocabulary (:func:`specdec.headdata.draft_vocabulary` of the training answers);
+    3. ``reference_tokens`` of text the target did not write
+       (:func:`specdec.headdata.reference_samples`), for training only;
+    4. the features, per part, on the target's fastest path here (the path the loop runs it
+       on), kept in ``cache_dir`` (:func:`specdec.headdata.cached_features`);
+    5. training (:func:`train_head`), with a ``checkpoint`` to resume from.
+
+    Returns ``(head, history, info)``; ``info`` holds the counts and the seconds of each stage."""
     from .eagle import DRAFT_VOCAB, EagleHead
     from .fastpath import choose_path, prepare
-    from .headanswers import generate_answers, load_answers, save_answers
-    from .headdata import draft_vocabulary, extract_features, reference_samples
+    from .headanswers import answer_parts
+    from .headdata import cached_features, draft_vocabulary, reference_samples
     from .prompts import stop_token_ids
 
-    if not prompts:
-        raise ValueError("no training prompts")
     info, t = {}, time.perf_counter()
+    parts = answer_parts(answers, max_parts)
+    samples = [s for _, part, _ in parts for s in part]
+    info.update(answer_parts=len(parts), answer_seconds=sum(m.get("seconds") or 0.0 for _, _, m in parts))
+    log(f"answers: {len(samples):,} texts in {len(parts)} part(s)")
     stops = stop_token_ids(tokenizer, target)
     path, _ = choose_path(target)
     engine = prepare(target, path)
     info["path"] = path.label
-    samples = None
-    if answers_path is not None and Path(answers_path).exists() and (
-            Path(answers_path).is_file() or any(Path(answers_path).glob("part-*"))):
-        stored, meta = load_answers(answers_path)
-        wanted = {p["id"] for p in prompts}
-        if meta.get("max_new_tokens") == max_new_tokens and all(s.id in wanted for s in stored):
-            samples = stored
-            info["answer_seconds"] = meta.get("seconds")
-            log(f"answers: {len(samples)} of {len(prompts)} prompts' read from {answers_path}")
-    if samples is None:
-        samples = generate_answers(engine, tokenizer, prompts, max_new_tokens, batch_size, stop_ids=stops,
-                                   progress=progress, max_seconds=answer_seconds)
-        info["answer_seconds"] = time.perf_counter() - t
-        if answers_path is not None:
-            save_answers(samples, Path(answers_path) / "part-0000.jsonl.gz" if Path(answers_path).suffix != ".gz"
-                         else answers_path, meta=dict(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                          seconds=info["answer_seconds"], n_prompts=len(prompts),
-                                                          n_answered=len(samples), path=path.label))
-    held = [s for i, s in enumerate(samples) if i % held_out_every == held_out_every - 1]
-    train = [s for i, s in enumerate(samples) if i % held_out_every != held_out_every - 1]
+    train, held = split_held_out(samples, held_out_every)
     d2t = draft_vocabulary(train, DRAFT_VOCAB if draft_vocab is None else draft_vocab, always=sorted(stops))
     head = EagleHead.for_target(target, d2t, feature_layers)
-    n_answer_tokens = sum(len(s.answer) for s in train)
+    layers = head.cfg.feature_layers
+    key = f"{path.label}|{type(target).__name__}|{target.config.num_hidden_layers}"
+    t = time.perf_counter()
+    groups = [(name, part) for name, part, _ in parts]
+    everything = cached_features(engine, groups, layers, key, cache_dir, progress)
+    index = {id(s): i for i, s in enumerate(samples)}
+    train_fs = everything.subset([index[id(s)] for s in train])
+    held_fs = everything.subset([index[id(s)] for s in held])
+    n_answer_tokens = train_fs.n_answer_tokens
     if reference_tokens:
         extra = reference_samples(tokenizer, reference_tokens, progress=progress)
         info["n_reference_tokens"] = sum(len(s.answer) for s in extra)
-        train = train + extra
-    t = time.perf_counter()
-    train_fs = extract_features(engine, train, head.cfg.feature_layers, progress=progress)
-    held_fs = extract_features(engine, held, head.cfg.feature_layers, progress=progress)
+        from .headdata import FeatureSet
+
+        train_fs = FeatureSet.concat([train_fs, cached_features(engine, [(f"reference-{reference_tokens}", extra)],
+                                                               layers, key, cache_dir, progress)])
     info["feature_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    history = train_head(head, train_fs, held_fs, config, progress=progress)
+    history = train_head(head, train_fs, held_fs, config, progress=progress, checkpoint=checkpoint)
     info["train_seconds"] = time.perf_counter() - t
-    info["held_out_eval"] = evaluate_head(head, held_fs, steps=config.eval_k, by_domain=True, ranks=8)
-    info.update(n_train_texts=len(train), n_held_out_texts=len(held), n_train_answer_tokens=n_answer_tokens,
-                n_train_tokens=train_fs.n_answer_tokens,
-                n_held_out_answer_tokens=held_fs.n_answer_tokens, draft_vocab=len(d2t),
-                feature_layers=list(head.cfg.feature_layers))
+    info["held_out_eval"] = evaluate_head(head, held_fs, steps=config.k, by_domain=True, ranks=8)
+    info.update(n_train_texts=len(train_fs), n_held_out_texts=len(held), n_train_answer_tokens=n_answer_tokens,
+                n_train_tokens=train_fs.n_answer_tokens, n_held_out_answer_tokens=held_fs.n_answer_tokens,
+                draft_vocab=len(d2t), feature_layers=list(layers), **history.attrs)
     return head, history, info
 
 
 def main(argv=None) -> int:
-    """``python -m specdec.headtrain``: train the book's head on SmolLM2 and save it."""
+    """``python -m specdec.headtrain``: train the book's head on SmolLM2 from the committed answers and save it."""
     import dataclasses
     import shlex
     import sys
 
     from . import cli
-    from .bench import load_average, provenance
     from .eagle import DRAFT_VOCAB, book_head_dir, save_head
-    from .headdata import load_train_prompts
     from .loaders import load_smollm2
+    from .provenance import load_average, provenance, repo_relative
 
     ap = cli.ArgumentParser(prog="python -m specdec.headtrain", description=main.__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(book_head_dir()), help="folder for head.safetensors, head.json, history.csv")
-    ap.add_argument("--answers", default=str(default_answers_path()), help="the target's answers (read or written)")
-    ap.add_argument("--n-per-domain", type=cli.positive_int, help="training prompts per domain (default: all)")
-    ap.add_argument("--max-new-tokens", type=cli.int_range(8, 2048), default=256)
-    ap.add_argument("--batch-size", type=cli.int_range(1, 256), default=16, help="prompts answered at once")
+    ap.add_argument("--answers", default=str(default_answers_path()), help="folder of the target's answers (parts)")
+    ap.add_argument("--answer-parts", type=cli.positive_int, help="read only the first parts (default: all)")
     ap.add_argument("--draft-vocab", type=cli.int_range(16, 49152), default=DRAFT_VOCAB)
-    ap.add_argument("--epochs", type=cli.float_range(0.0, 1000.0, min_open=True), default=1.0)
-    ap.add_argument("--steps", type=cli.int_range(1, 8), default=3, help="draft steps unrolled in training")
+    ap.add_argument("--epochs", type=cli.float_range(0.0, 1000.0, min_open=True), default=1.0,
+                    help="passes over the training text the learning-rate schedule spans")
+    ap.add_argument("--steps", type=cli.int_range(1, 8), default=5,
+                    help="draft steps unrolled in training (the longest chain the loop will draft)")
     ap.add_argument("--lr", type=cli.float_range(0.0, 1.0, min_open=True), default=1e-3)
+    ap.add_argument("--regression", type=cli.float_range(0.0, 100.0), default=0.0,
+                    help="weight of the feature-regression term (EAGLE-1); 0: none")
+    ap.add_argument("--feature-noise", type=cli.float_range(0.0, 10.0), default=0.0,
+                    help="width of the uniform noise added to the target's features")
+    ap.add_argument("--patience", type=cli.positive_int, default=6,
+                    help="evaluations without a better held-out tau before training stops")
+    ap.add_argument("--eval-every", type=cli.positive_int, default=200, help="optimiser steps between evaluations")
     ap.add_argument("--max-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
-                    help="stop training after this many minutes")
-    ap.add_argument("--answer-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
-                    help="stop starting new batches of answers after this many minutes")
+                    help="stop this run's training after this many minutes (a checkpoint lets the next run go on)")
     ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=0,
                     help="tokens of standard-library source and documentation added to the training text")
+    ap.add_argument("--checkpoint", help="training checkpoint, read and written (default: OUT/checkpoint.pt)")
     args = ap.parse_args(argv)
     command = shlex.join(["python", "-m", "specdec.headtrain", *(argv if argv is not None else sys.argv[1:])])
     record = provenance(command=command)
     record["load_average_start"] = load_average()
-    prompts = load_train_prompts(n_per_domain=args.n_per_domain)
     target, tokenizer = load_smollm2()
-    config = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
+    config = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr, regression=args.regression,
+                         feature_noise=args.feature_noise, patience=args.patience, eval_every=args.eval_every,
                          max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    head, history, info = build_head(target, tokenizer, prompts, args.answers, args.max_new_tokens, args.batch_size,
-                                     args.draft_vocab, config=config, reference_tokens=args.reference_tokens,
-                                     answer_seconds=None if args.answer_minutes is None else 60 * args.answer_minutes)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.out) / "checkpoint.pt"
+    head, history, info = build_head(target, tokenizer, args.answers, args.answer_parts, args.draft_vocab,
+                                     config=config, reference_tokens=args.reference_tokens, checkpoint=checkpoint)
+    if not history.attrs["done"]:
+        last = history.iloc[-1]
+        print(f"training stopped at step {int(last['step'])} (held-out tau {last['tau']:.2f}); the checkpoint "
+              f"{repo_relative(checkpoint)} holds it: run the same command again to go on")
+        return 0
     record.update(info, train_config=dataclasses.asdict(config), load_average_end=load_average(),
-                  held_out=history.iloc[-1].to_dict())
+                  held_out=history.iloc[-1].to_dict(), checkpoint=repo_relative(checkpoint))
     out = save_head(head, args.out, provenance=record)
     history.to_csv(out / "history.csv", index=False)
-    last = history.iloc[-1]
-    print(f"head saved in {out}: held-out tau {last['tau']:.2f} (K={config.eval_k}), first-draft agreement "
-          f"{last['accept_1']:.2f}, {info['n_train_answer_tokens']:,} training tokens")
+    ev = info["held_out_eval"]
+    print(f"head saved in {repo_relative(out)}: held-out tau {ev['tau']:.2f} (K={config.k}), first-draft agreement "
+          f"{ev['agree'][0]:.2f}, {info['n_train_answer_tokens']:,} training answer tokens")
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec import analysis, bench
+from specdec import analysis, bench, provenance
 from specdec.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,8 @@ def test_repeats_run_round_robin_with_their_baseline_and_resume(tmp_path):
 
 def test_a_busy_machine_is_refused_unless_forced(tmp_path, monkeypatch):
     out = tmp_path / "busy.jsonl"
-    monkeypatch.setattr(bench, "load_average", lambda: [4.0, 3.0, 2.0])
+    monkeypatch.setattr(provenance, "load_average", lambda: [4.0, 3.0, 2.0])
+    monkeypatch.setattr(bench, "load_average", provenance.load_average)
     with pytest.raises(bench.BusyMachineError, match="load average is 4.00"):
         bench.run_sweep(_tiny_plan(hf_peers=False, n_repeats=1), out, progress=False, max_load=1.5)
     assert not out.exists() and not bench.provenance_path(out).exists()  # nothing written, nothing lost
@@ -185,7 +186,8 @@ def test_cli_refuses_bad_arguments_with_one_line_before_any_work(tmp_path, capsy
 
 
 def test_cli_refuses_to_record_into_data_results_on_a_busy_machine(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "load_average", lambda: [9.0, 9.0, 9.0])
+    monkeypatch.setattr(provenance, "load_average", lambda: [9.0, 9.0, 9.0])
+    monkeypatch.setattr(bench, "load_average", provenance.load_average)
     out = tmp_path / "data" / "results" / "x.jsonl"
     code = bench.main(["run", "--out", str(out), "--profile", "ci", "--pairs", "synthetic-eps0.2", "--ks", "1",
                        "--max-new-tokens", "4", "--no-hf-peers", "--repeats", "1"])
@@ -226,8 +228,8 @@ def test_cli_writes_one_file_per_pair_into_a_folder(tmp_path, capsys):
 
 def test_wait_for_quiet_returns_when_the_load_drops(monkeypatch):
     loads = iter([[3.0, 2.0, 1.0], [2.0, 2.0, 1.0], [1.0, 2.0, 1.0]])
-    monkeypatch.setattr(bench, "load_average", lambda: next(loads))
-    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(provenance, "load_average", lambda: next(loads))
+    monkeypatch.setattr(provenance.time, "sleep", lambda s: None)
     assert bench.wait_for_quiet(1.5, timeout_s=60) == [1.0, 2.0, 1.0]
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from specdec import crossvocab as cv
-from specdec import loaders, registry, sampling, synthetic
+from specdec import loaders, pairs, registry, sampling, synthetic
 from specdec.decoding import autoregressive_generate, speculative_generate
 from specdec.sampling import GREEDY, SamplingParams
 
@@ -318,14 +318,14 @@ def test_hub_pairs_fail_cleanly_offline(name):
     if loaders.is_available_offline(pair.draft) and loaders.is_available_offline(pair.target):
         pytest.skip("the weights are in the local cache here")
     with pytest.raises(registry.ModelUnavailableError, match="tokenizer"):
-        cv.load_cross_vocab_pair(name)
+        pairs.load_cross_vocab_pair(name)
 
 
 def test_cross_vocab_pair_rejects_bad_names():
     with pytest.raises(ValueError, match="unknown pair"):
-        cv.load_cross_vocab_pair("no_such_pair")
+        pairs.load_cross_vocab_pair("no_such_pair")
     with pytest.raises(ValueError, match="prompt lookup"):
-        cv.load_cross_vocab_pair("smollm2_ngram")
+        pairs.load_cross_vocab_pair("smollm2_ngram")
 
 
 def test_tokenizer_files_are_small_and_listed():

@@ -2,13 +2,12 @@
 
 import pytest
 
-from specdec.loaders import load_pair
+from specdec.loaders import describe, load_pair
 from specdec.registry import (
     PAIRS,
     ModelSpec,
     VocabularyMismatchError,
     check_same_vocabulary,
-    describe,
     get_pair,
     model_config,
     require_shared_vocabulary,

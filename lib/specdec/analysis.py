@@ -11,7 +11,7 @@ provenance record beside each (:func:`provenance_path`) says how. This module re
   end to end beside it), medians over repeats and geometric means over prompts, with the
   spread over repeats; :func:`relative_to_ours` puts every method against *our*
   autoregressive loop;
-* :func:`alpha_estimate`, :func:`acceptance_by_domain` -- acceptance per group;
+* :func:`acceptance_by_domain` -- acceptance per group (the figures of :mod:`specdec.metrics`);
 * :func:`latency_cdf`, :func:`phase_breakdown` -- per-token latencies, time per phase;
 * :func:`cost_ratios`, :func:`measured_vs_predicted` -- the measured cost side, and the
   speedup law's prediction (:mod:`specdec.theory`) beside the measured speedup.
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .checks import require_int
-from .metrics import GenerationResult, read_jsonl
+from .metrics import GenerationResult, acceptance_rate, alpha_estimate, read_jsonl, tokens_per_round  # noqa: F401
 from .metrics import speedup as metric_speedup
 from .sampling import SamplingParams
 
@@ -143,19 +143,6 @@ def provenance_path(results_path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # Aggregation
 # --------------------------------------------------------------------------------------------
-
-def alpha_estimate(accepted: list[int], drafted: list[int]) -> float | None:
-    """Per-token acceptance probability alpha of the i.i.d. model, from rounds.
-
-    Each round tests drafted tokens in order until the first rejection: a round that accepts
-    ``a`` of ``d`` tokens made ``a`` successes and, if ``a < d``, one failure. The maximum-
-    likelihood alpha is successes / trials. (The plain ratio accepted/drafted is smaller: it
-    counts the tokens after a rejection, which were never tested, as failures.)
-    """
-    succ = sum(accepted)
-    trials = succ + sum(1 for a, d in zip(accepted, drafted) if a < d)
-    return succ / trials if trials else None
-
 
 def load_results(paths) -> "pd.DataFrame":
     """Results file(s) (or a list of GenerationResult) as one row per generation.
@@ -309,8 +296,8 @@ def acceptance_by_domain(df, by=("pair", "domain", "k", "temperature")) -> "pd.D
         acc = [a for r in g.result for a in r.accepted_per_round]
         dra = [d for r in g.result for d in r.drafted_per_round]
         rows.append({**dict(zip(by, key)), "alpha_hat": _nan(alpha_estimate(acc, dra)),
-                     "acceptance_rate": sum(acc) / sum(dra) if sum(dra) else np.nan,
-                     "mean_accepted": float(np.mean(acc)), "tokens_per_round": float(np.mean(acc)) + 1,
+                     "acceptance_rate": _nan(acceptance_rate(dra, acc)),
+                     "mean_accepted": float(np.mean(acc)), "tokens_per_round": _nan(tokens_per_round(dra, acc)),
                      "rounds": len(acc), "prompts": g.prompt_id.nunique()})
     return pd.DataFrame(rows)
 

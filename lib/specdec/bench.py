@@ -43,7 +43,6 @@ Command line: ``python -m specdec.bench run --out runs/x.jsonl`` (see ``--help``
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -62,8 +61,10 @@ from .provenance import provenance as _provenance
 from .analysis import BASELINE, OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path
 from .checks import require_int
 from .decoding import autoregressive_generate, speculative_generate
-from .drafters import ModelDrafter, NGramDrafter
+from .drafters import NGramDrafter
 from .metrics import GenerationResult, read_jsonl, write_jsonl
+from .pairs import (HF_PEER, BenchPair, _check_pair_name, _drafter_kind, _threads, load_bench_pair,  # noqa: F401
+                    parse_synthetic, synthetic_pair_name)
 from .sampling import SamplingParams
 
 __all__ = [
@@ -92,7 +93,6 @@ __all__ = [
     "main",
 ]
 
-_SYNTHETIC_PREFIX = "synthetic-eps"
 _SYNTHETIC_PROMPT_LEN = 16
 
 
@@ -214,151 +214,8 @@ def plan_for_profile(profile=None, which: str = "sweep", **overrides) -> SweepPl
 
 
 # --------------------------------------------------------------------------------------------
-# Pairs and prompts
+# Prompts
 # --------------------------------------------------------------------------------------------
-
-
-def synthetic_pair_name(eps: float) -> str:
-    """The sweep name of the synthetic pair with agreement knob ``eps``, e.g. ``synthetic-eps0.5``."""
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    return f"{_SYNTHETIC_PREFIX}{eps:g}"
-
-
-def parse_synthetic(name: str) -> float | None:
-    """The knob of a synthetic pair name, or None for a registry pair name."""
-    if not name.startswith(_SYNTHETIC_PREFIX):
-        return None
-    try:
-        eps = float(name[len(_SYNTHETIC_PREFIX):])
-    except ValueError:
-        raise ValueError(f"bad synthetic pair name {name!r}; write e.g. 'synthetic-eps0.5'") from None
-    if not eps >= 0:
-        raise ValueError(f"bad synthetic pair name {name!r}: the knob must be >= 0")
-    return eps
-
-
-def _check_pair_name(name: str) -> None:
-    from .registry import get_pair
-
-    if parse_synthetic(name) is None:
-        get_pair(name)
-
-
-def _drafter_kind(pair: str) -> str:
-    """``"model"``, ``"ngram"`` or ``"eagle"`` (synthetic pairs draft with a model)."""
-    from .registry import get_pair
-
-    return "model" if parse_synthetic(pair) is not None else get_pair(pair).drafter
-
-
-#: The transformers method that does what ours does, per kind of drafter (none for the head:
-#: ``generate()`` has no EAGLE drafting).
-HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
-
-
-@dataclass
-class BenchPair:
-    """The book's one loaded pair: draft (None for prompt lookup and the head), target, the
-    target's tokenizer (None when synthetic), the kind of drafter (``"model"``, ``"ngram"``,
-    ``"eagle"``, ``"crossvocab"``) and what that kind needs: the trained head for ``"eagle"``;
-    for ``"crossvocab"`` (a draft with its own tokenizer, chapter 8) the two
-    :class:`specdec.crossvocab.TokenCodec` and the :class:`~specdec.crossvocab.VocabMapping`
-    between them (:func:`specdec.crossvocab.load_cross_vocab_pair`).
-
-    ``engine`` is the target on the path our loops run it on (:meth:`use_engine_path`); until
-    a path is chosen it is the target as loaded. ``generate()`` always runs ``target``.
-    """
-
-    name: str
-    draft: torch.nn.Module | None
-    target: torch.nn.Module
-    tokenizer: object | None
-    stop_ids: frozenset = frozenset()
-    one_thread: bool = False  # tiny models: one CPU thread is faster (and reproducible)
-    engine: torch.nn.Module | None = None
-    path: object = None  # the specdec.fastpath.Path of ``engine``
-    path_table: object = None  # the measurements it was chosen from
-    kind: str = "model"
-    head: torch.nn.Module | None = None
-    draft_codec: object = None
-    target_codec: object = None
-    mapping: object = None
-
-    def __post_init__(self):
-        from .fastpath import PLAIN
-
-        if self.engine is None:
-            self.engine, self.path = self.target, PLAIN
-
-    def use_engine_path(self):
-        """Measure the target's paths here (:func:`specdec.fastpath.choose_path`, the model's
-        own dtype) and run our loops on the fastest; returns the chosen path. Synthetic pairs
-        keep the plain path: their tiny models run on one thread, where packing buys nothing
-        worth measuring."""
-        from .fastpath import PLAIN, choose_path, prepare
-
-        if self.synthetic:
-            self.engine, self.path = self.target, PLAIN
-            return self.path
-        with _threads(self.one_thread):
-            self.path, self.path_table = choose_path(self.target)
-        self.engine = prepare(self.target, self.path)
-        return self.path
-
-    @property
-    def synthetic(self) -> bool:
-        return self.tokenizer is None
-
-    def drafter(self, crossvocab: str = "tli"):
-        """A fresh drafter of this pair's kind. For a cross-vocabulary pair ``crossvocab``
-        picks the method: ``"tli"`` (token-level intersection) or ``"string"`` (string matching)."""
-        if self.kind == "eagle":
-            from .eagle import EagleDrafter
-
-            return EagleDrafter(self.head, name=self.name)
-        if self.kind == "crossvocab":
-            from .crossvocab import StringMatchDrafter, TLIDrafter
-
-            if crossvocab not in ("tli", "string"):
-                raise ValueError(f"crossvocab must be 'tli' or 'string', not {crossvocab!r}")
-            cls = TLIDrafter if crossvocab == "tli" else StringMatchDrafter
-            return cls(self.draft, self.mapping, self.draft_codec, self.target_codec,
-                       name=f"{self.name}-{crossvocab}")
-        if self.draft is None:
-            return NGramDrafter()
-        return ModelDrafter(self.draft, name=self.name)
-
-    @property
-    def dtype(self) -> str:
-        return str(next(self.target.parameters()).dtype).removeprefix("torch.")
-
-
-def load_bench_pair(name: str, device: str = "cpu") -> BenchPair:
-    """Load a registry pair (:func:`specdec.loaders.load_pair`) or a synthetic one by name.
-
-    Raises :class:`specdec.registry.ModelUnavailableError` or
-    :class:`specdec.registry.VocabularyMismatchError` as ``load_pair`` does.
-    """
-    from .loaders import load_pair
-    from .prompts import stop_token_ids
-    from .synthetic import synthetic_pair
-
-    eps = parse_synthetic(name)
-    if eps is not None:
-        draft, target = synthetic_pair(eps, device=device)
-        return BenchPair(name, draft, target, None, frozenset(), one_thread=True)
-    from .registry import get_pair
-
-    kind = get_pair(name).drafter
-    draft, target, tokenizer = load_pair(name, device=device)
-    head = None
-    if kind == "eagle":
-        from .eagle import load_book_head
-
-        head = load_book_head(target)
-    return BenchPair(name, draft, target, tokenizer, frozenset(stop_token_ids(tokenizer, target)), kind=kind,
-                     head=head)
 
 
 def bench_prompts(pair: BenchPair, domains, n: int, seed: int = 0) -> dict[str, list[tuple[str, torch.Tensor]]]:
@@ -374,17 +231,6 @@ def bench_prompts(pair: BenchPair, domains, n: int, seed: int = 0) -> dict[str, 
             out.append((f"{SYNTHETIC_DOMAIN}/{i}", torch.randint(vocab, (_SYNTHETIC_PROMPT_LEN,), generator=g)))
         return {SYNTHETIC_DOMAIN: out}
     return {d: [(p["id"], encode_prompt(pair.tokenizer, p["prompt"])) for p in load_prompts(d, n)] for d in domains}
-
-
-@contextlib.contextmanager
-def _threads(one: bool):
-    n = torch.get_num_threads()
-    if one:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .tokentree import tree_mask, tree_positions
+
 __all__ = ["CACHE_KINDS", "CachedLM", "PreallocatedCache", "PreallocatedLayer", "cache_bytes", "decoder_layers"]
 
 CACHE_KINDS = ("preallocated", "dynamic")
@@ -270,8 +272,6 @@ class CachedLM:
         token after ``seq``, row ``i + 1`` the token after node ``i``. The cache then holds
         ``seq`` and the nodes in node order; :meth:`keep_path` keeps one path of them.
         """
-        from .trees import tree_mask, tree_positions
-
         seq = _as_list(seq)
         n = len(tree)
         if not seq:

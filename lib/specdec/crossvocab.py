@@ -67,7 +67,6 @@ __all__ = [
     "data_dir",
     "load_tokenizer",
     "load_hub_tokenizer",
-    "load_cross_vocab_pair",
     "tli_acceptance",
     "first_tokens",
     "goodness_of_fit",
@@ -686,31 +685,6 @@ def load_hub_tokenizer(spec):
             f"cannot load the tokenizer of {spec.label} ({spec.hub_id}): it is not in the local Hugging Face "
             f"cache and the hub cannot be reached. To get it: {how_to_get(spec)}. (The loader said: {reason})"
         ) from None
-
-
-def load_cross_vocab_pair(name: str, device: str = "cpu"):
-    """Load registry pair ``name`` (e.g. ``"tinyllama_llama3"``, ``"phi3_llama3"``) for
-    cross-vocabulary drafting: a :class:`specdec.bench.BenchPair` of kind ``"crossvocab"``
-    carrying both tokenizers' codecs and the mapping between them; ``pair.drafter("tli")``
-    and ``pair.drafter("string")`` build the two drafters. Needs both models from the hub or
-    its cache; offline it raises :class:`~specdec.registry.ModelUnavailableError` before
-    loading any weights."""
-    from .bench import BenchPair
-    from .loaders import load_pair
-    from .prompts import stop_token_ids
-    from .registry import get_pair
-
-    pair = get_pair(name)
-    if pair.draft is None:
-        raise ValueError(f"pair {name!r} drafts with prompt lookup, which has no vocabulary of its own")
-    draft_tok = load_hub_tokenizer(pair.draft)
-    target_tok = load_hub_tokenizer(pair.target)
-    draft, target, _ = load_pair(name, device=device, allow_vocabulary_mismatch=True)
-    draft_codec = TokenCodec(draft_tok, draft.get_output_embeddings().weight.shape[0], name=pair.draft.hub_id)
-    target_codec = TokenCodec(target_tok, target.get_output_embeddings().weight.shape[0], name=pair.target.hub_id)
-    mapping = VocabMapping.from_codecs(draft_codec, target_codec)
-    return BenchPair(name, draft, target, target_tok, frozenset(stop_token_ids(target_tok, target)),
-                     kind="crossvocab", draft_codec=draft_codec, target_codec=target_codec, mapping=mapping)
 
 
 def _training_texts(domains) -> list[str]:

@@ -15,6 +15,7 @@ import torch
 
 from .cache import CachedLM
 from .sampling import SamplingParams, probs_from_logits, sample
+from .tokentree import TokenTree, grow_tree
 
 __all__ = ["Drafter", "ModelDrafter", "NGramDrafter"]
 
@@ -78,8 +79,6 @@ class ModelDrafter:
         re-scores the tree grown so far in one tree pass of the draft
         (:meth:`specdec.cache.CachedLM.tree_logits`); afterwards the draft's cache holds the
         text only."""
-        from .trees import TokenTree, grow_tree
-
         seq = list(seq) if not isinstance(seq, list) else seq
         root = self.lm.logits(seq, n_last=1)[0]
 
@@ -122,8 +121,6 @@ class NGramDrafter:
         n-grams first, merged into a tree of at most ``n_nodes`` nodes and ``depth`` levels
         (``shape`` is ignored: the matches decide the shape). Deterministic: the distributions
         are ``None`` (each branch a one-point proposal, :func:`specdec.trees.verify_tree`)."""
-        from .trees import TokenTree
-
         seq = torch.as_tensor(seq).cpu()
         continuations: list[list[int]] = []
         for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):

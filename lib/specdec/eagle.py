@@ -42,6 +42,8 @@ from torch import nn
 from .cache import decoder_layers
 from .checks import require_int
 from .sampling import probs_from_logits, sample
+from .registry import ModelUnavailableError, book_head_dir, head_available  # noqa: F401
+from .tokentree import grow_tree
 
 __all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "EagleDrafter", "save_head",
            "DRAFT_VOCAB", "load_head", "book_head_dir", "head_available", "load_book_head"]
@@ -378,8 +380,6 @@ class EagleDrafter:
         """A token tree and its draft distributions (:func:`specdec.trees.grow_tree`, which
         documents ``shape``, ``depth``, ``top_k`` and ``n_nodes``). Each level's nodes are read
         by the head in one step, each attending to the real pairs, its ancestors and itself."""
-        from .trees import grow_tree
-
         head = self.head
         device = head.d2t.device
         h_root = self._catch_up(seq)
@@ -445,20 +445,8 @@ def load_head(directory: str | Path, target) -> EagleHead:
     return head.to(p.device, p.dtype).eval()
 
 
-def book_head_dir() -> Path:
-    """Where the book's head for SmolLM2-135M lives: ``data/heads/smollm2-135m-eagle``."""
-    return Path(__file__).resolve().parents[2] / "data" / "heads" / "smollm2-135m-eagle"
-
-
-def head_available(directory: str | Path | None = None) -> bool:
-    directory = book_head_dir() if directory is None else Path(directory)
-    return (directory / "head.json").is_file() and (directory / "head.safetensors").is_file()
-
-
 def load_book_head(target) -> EagleHead:
     """The book's trained head for SmolLM2-135M, on ``target``; a clear error where it is missing."""
-    from .registry import ModelUnavailableError
-
     if not head_available():
         raise ModelUnavailableError(f"the trained head is not in {book_head_dir()}: it is committed with the book "
                                     "(check out data/heads/), or train it with `python -m specdec.headtrain`")

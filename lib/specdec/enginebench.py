@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
 from .metrics import speedup
+from .provenance import require_quiet, write_report
 from .sampling import GREEDY, SamplingParams
 
 __all__ = ["forward_seconds", "PEERS", "our_method", "hf_method", "run_interleaved", "run_engine_benchmark",
@@ -219,7 +220,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     which no chapter uses. With ``out`` it writes the figures, the path table and provenance
     as JSON; a file under ``data/results`` is refused on a busy machine unless ``force``.
     """
-    from . import bench, fastpath, quant, roofline
+    from . import fastpath, quant, roofline
     from .loaders import load_smollm2
     from .prompts import encode_prompt, load_prompts, stop_token_ids
     from .selfspec import stored_weight_bytes
@@ -227,7 +228,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     available = len(load_prompts("code"))
     if not 1 <= n_prompts <= available:
         raise ValueError(f"n_prompts must be between 1 and {available} (the code prompts there are), got {n_prompts}")
-    load_before = bench.require_quiet(out, force)
+    load_before = require_quiet(out, force)
     target, tokenizer = load_smollm2()
     all_paths = fastpath.measure_paths(target, context=128, n_tokens=(1, 5), repeats=7)
     path, _ = fastpath.choose_path(target, table=all_paths)
@@ -251,7 +252,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
         k=k, repeats=repeats, threads=torch.get_num_threads(),
         records=df.drop(columns=["result"]).assign(tokens=[r.tokens for r in df["result"]]).to_dict("records"),
     )
-    return bench.write_report(report, out, command, load_before, force)
+    return write_report(report, out, command, load_before, force)
 
 
 def format_report(report: dict) -> str:

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     import sys
 
     from . import cli
-    from .bench import BusyMachineError, require_quiet, write_report
+    from .provenance import BusyMachineError, require_quiet, write_report
 
     ap = cli.ArgumentParser(prog="python -m specdec.headablate", description=main.__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the results as JSON, e.g. data/results/head_ablations.json")

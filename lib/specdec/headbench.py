@@ -26,9 +26,12 @@ import torch
 
 from .drafters import ModelDrafter, NGramDrafter
 from .enginebench import hf_method, our_method, paired_speedups, run_interleaved
+from .metrics import acceptance_by_position, acceptance_rate, survival_by_position, tokens_per_round
+from .provenance import require_quiet, write_report
 from .sampling import SamplingParams
 
-__all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "summarise_head",
+__all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "position_survival",
+           "summarise_head",
            "head_report", "format_head_report"]
 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
@@ -94,29 +97,41 @@ def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=froze
     return df
 
 
+def _rounds(df, method=None):
+    """The rounds of every run of ``method`` (all methods when None): ``(drafted, accepted)``."""
+    rows = df if method is None else df[df["method"] == method]
+    drafted = [d for r in rows["result"] for d in r.drafted_per_round]
+    accepted = [a for r in rows["result"] for a in r.accepted_per_round]
+    return drafted, accepted
+
+
 def tau_table(df):
-    """Tokens per target pass of each speculative method of ours, overall and per domain:
-    (accepted drafts + one token of the target's) per round, pooled over runs."""
+    """Tokens per target pass (:func:`specdec.metrics.tokens_per_round`) of each speculative
+    method of ours, overall and per domain, pooled over runs."""
     import pandas as pd
 
     spec = df[df["n_rounds"].fillna(0) > 0]
     rows = []
     for (method, domain), g in list(spec.groupby(["method", "domain"])) + [((m, "all"), g) for m, g in
                                                                           spec.groupby("method")]:
-        rows.append(dict(method=method, domain=domain, tau=(g["n_accepted"].sum() + g["n_rounds"].sum())
-                         / g["n_rounds"].sum(), acceptance=g["n_accepted"].sum() / max(1, g["n_drafted"].sum())))
+        drafted, accepted = _rounds(g)
+        rows.append(dict(method=method, domain=domain, tau=tokens_per_round(drafted, accepted),
+                         acceptance=acceptance_rate(drafted, accepted)))
     return pd.DataFrame(rows).pivot(index="method", columns="domain", values="tau")
 
 
+def position_survival(df, method: str, k: int):
+    """For draft positions 1..k: the share of rounds that drafted that far whose drafts were all
+    accepted up to there (:func:`specdec.metrics.survival_by_position`)."""
+    return np.array(survival_by_position(*_rounds(df, method), k))
+
+
 def position_acceptance(df, method: str, k: int):
-    """For draft positions 1..k: the fraction of rounds that drafted that far whose draft was
-    accepted up to there (the chance the chain survives to position i)."""
-    reached, kept = np.zeros(k), np.zeros(k)
-    for res in df[df["method"] == method]["result"]:
-        for d, a in zip(res.drafted_per_round, res.accepted_per_round):
-            reached[:d] += 1
-            kept[:a] += 1
-    return kept / np.maximum(reached, 1)
+    """For draft positions 1..k: the chance the draft there is accepted given the ones before
+    it were (:func:`specdec.metrics.acceptance_by_position`, conditional), for the positions
+    some round reached (a position no round reached has no such chance: the list stops there)."""
+    acc = acceptance_by_position(*_rounds(df, method))[:k]
+    return np.array([a for a in acc if a == a])
 
 
 def summarise_head(df, k: int) -> dict:
@@ -125,6 +140,7 @@ def summarise_head(df, k: int) -> dict:
     ar = df[df["method"] == "autoregressive"]
     ar_step = (ar["decode_steps_s"] / (ar["n_new"] - 1)).median()
     out = {"tau": tau_table(df).round(4).to_dict(orient="index"),
+           "position_survival": {m: position_survival(df, m, k).tolist() for m in ("eagle", "eagle_t1", "int4")},
            "position_acceptance": {m: position_acceptance(df, m, k).tolist() for m in ("eagle", "eagle_t1", "int4")},
            "tree_nodes": {m: float(df[df["method"] == m]["n_drafted"].sum() / max(1, df[df["method"] == m]["n_rounds"].sum()))
                           for m in ("eagle_tree", "eagle_tree_t1", "ngram_tree")}}
@@ -201,14 +217,14 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     ``data/results`` that is refused on a busy machine unless ``force``."""
     import json
 
-    from . import bench, fastpath, quant
+    from . import fastpath, quant
     from .eagle import book_head_dir, load_book_head
     from .loaders import load_smollm2
     from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
 
     if not 1 <= n_per_domain <= 40 or k < 1 or repeats < 1 or max_new_tokens < 2:
         raise ValueError("need 1 <= n_per_domain <= 40, k >= 1, repeats >= 1, max_new_tokens >= 2")
-    load_before = bench.require_quiet(out, force)
+    load_before = require_quiet(out, force)
     target, tokenizer = load_smollm2()
     path, table = fastpath.choose_path(target)
     fast = fastpath.prepare(target, path)
@@ -229,7 +245,7 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
                   records=df.drop(columns=["result"]).assign(
                       tokens=[r.tokens for r in df["result"]], drafted=[r.drafted_per_round for r in df["result"]],
                       accepted=[r.accepted_per_round for r in df["result"]]).to_dict("records"))
-    return bench.write_report(report, out, command, load_before, force)
+    return write_report(report, out, command, load_before, force)
 
 
 def format_head_report(report: dict) -> str:
@@ -239,7 +255,9 @@ def format_head_report(report: dict) -> str:
     for method, row in f["tau"].items():
         lines.append(f"  {method:>10}: " + ", ".join(f"{d} {v:.2f}" for d, v in row.items()))
     for m, acc in f["position_acceptance"].items():
-        lines.append(f"acceptance by draft position, {m}: " + " ".join(f"{a:.2f}" for a in acc))
+        lines.append(f"acceptance by draft position (given the earlier ones), {m}: " + " ".join(f"{a:.2f}" for a in acc))
+    for m, acc in f.get("position_survival", {}).items():
+        lines.append(f"rounds whose drafts 1..i all survived, {m}: " + " ".join(f"{a:.2f}" for a in acc))
     lines.append("cost ratio c (one draft step / one target step): "
                  + ", ".join(f"{m} {c:.3f}" for m, c in f["cost_ratio"].items()))
     for key, v in f["speedups"].items():

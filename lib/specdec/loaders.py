@@ -36,9 +36,11 @@ from .registry import (
     SMOLLM2_SOURCE,
     ModelSpec,
     ModelUnavailableError,
+    DRAFTER_LABELS,
+    PAIRS,
     check_same_vocabulary,
-    describe,
     get_pair,
+    head_available,
 )
 from .synthetic import first_layers_copy
 
@@ -55,10 +57,13 @@ __all__ = [
     "is_available_offline",
     "load_model",
     "load_pair",
+    "describe",
     "main",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+from .provenance import repo_root  # noqa: E402
+
+_REPO_ROOT = repo_root()
 
 # --------------------------------------------------------------------------------------------
 # Hub loader
@@ -299,6 +304,45 @@ def load_pair(name: str, device: str = "cpu", allow_vocabulary_mismatch: bool = 
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# The registry as a table
+# --------------------------------------------------------------------------------------------
+
+
+def describe():
+    """The registry as a table (a pandas DataFrame): one row per pair, with vocabulary sizes
+    and whether each model can be loaded on this machine without the network."""
+    import pandas as pd
+
+    rows = []
+    for pair in PAIRS.values():
+        rows.append(
+            {
+                "pair": pair.name,
+                "draft": pair.draft.label if pair.draft else DRAFTER_LABELS[pair.drafter],
+                "target": pair.target.label,
+                "draft vocab": pair.draft.vocab_size if pair.draft else pair.target.vocab_size,
+                "target vocab": pair.target.vocab_size,
+                "shared vocab": pair.shares_vocabulary,
+                "draft offline": head_available() if pair.drafter == "eagle" else is_available_offline(pair.draft),
+                "target offline": is_available_offline(pair.target),
+            }
+        )
+    rows.append(
+        {
+            "pair": "synthetic",
+            "draft": "first layer(s) of the target",
+            "target": "tiny random Llama (synthetic_pair)",
+            "draft vocab": 512,
+            "target vocab": 512,
+            "shared vocab": True,
+            "draft offline": True,
+            "target offline": True,
+        }
+    )
+    return pd.DataFrame(rows).set_index("pair")
 
 
 def main(argv: list[str] | None = None) -> int:

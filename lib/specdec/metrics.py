@@ -1,9 +1,24 @@
-"""What one generation measured, and how it is stored (chapters 5-7).
+"""What one generation measured, how it is stored, and the book's figures of speculation.
 
 A :class:`GenerationResult` holds the raw measurements of one generation; everything a
 plot needs (acceptance rate, acceptance by position, tokens per second) is derived from
 them, so nothing is stored twice. Results travel as JSON lines: one object per line,
 ``to_dict`` adds the derived summary for convenience and ``from_dict`` ignores it.
+
+The figures, each defined once here from the rounds (``drafted[i]`` tokens drafted and
+``accepted[i]`` of them accepted in round ``i``) or from timings, and called by every loop,
+benchmark, report and chapter:
+
+* :func:`acceptance_rate` -- accepted drafted tokens / drafted tokens;
+* :func:`alpha_estimate` -- the i.i.d. model's per-token acceptance alpha (counts only
+  tokens that were tested);
+* :func:`tokens_per_round` -- tau, tokens per target pass: accepted drafts + the target's own;
+* :func:`acceptance_by_position` -- *conditional*: P(draft ``i`` accepted | drafts before it were);
+* :func:`survival_by_position` -- *survival*: P(the round's drafts up to ``i`` all accepted);
+* :func:`cost_ratio` -- c, one draft step over one target decode step;
+* :func:`verify_cost` -- v(n), scoring ``n`` tokens in one pass over one decode step;
+* :func:`speedup` -- one generation's throughput over a baseline's (decode-only by default).
+  The law's prediction with measured costs is :func:`specdec.theory.predicted_speedup`.
 """
 
 from __future__ import annotations
@@ -13,7 +28,83 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["GenerationResult", "speedup", "write_jsonl", "read_jsonl"]
+__all__ = ["GenerationResult", "speedup", "write_jsonl", "read_jsonl", "acceptance_rate", "alpha_estimate",
+           "tokens_per_round", "acceptance_by_position", "survival_by_position", "cost_ratio", "verify_cost"]
+
+
+# -- the figures of speculation, from rounds and timings -------------------------------------
+
+
+def acceptance_rate(drafted, accepted) -> float | None:
+    """Accepted drafted tokens / drafted tokens over all rounds (None when nothing was drafted)."""
+    d = sum(drafted)
+    return sum(accepted) / d if d else None
+
+
+def alpha_estimate(accepted, drafted) -> float | None:
+    """Per-token acceptance probability alpha of the i.i.d. model, from rounds.
+
+    Each round tests drafted tokens in order until the first rejection: a round that accepts
+    ``a`` of ``d`` tokens made ``a`` successes and, if ``a < d``, one failure. The maximum-
+    likelihood alpha is successes / trials. (The plain ratio accepted/drafted is smaller: it
+    counts the tokens after a rejection, which were never tested, as failures.)
+    """
+    succ = sum(accepted)
+    trials = succ + sum(1 for a, d in zip(accepted, drafted) if a < d)
+    return succ / trials if trials else None
+
+
+def tokens_per_round(drafted, accepted) -> float | None:
+    """tau: tokens emitted per target pass, accepted drafts plus the one the target adds, over
+    the rounds that drafted (None when none did)."""
+    rounds = [a for a, d in zip(accepted, drafted) if d > 0]
+    return (sum(rounds) + len(rounds)) / len(rounds) if rounds else None
+
+
+def acceptance_by_position(drafted, accepted) -> list[float]:
+    """Conditional acceptance: for draft position ``i = 0, 1, ...``, P(draft ``i`` is accepted |
+    it was drafted and every draft before it was accepted). The chain's ``a_i`` in
+    :func:`specdec.theory.chain_tokens`."""
+    k_max = max(drafted, default=0)
+    out = []
+    for i in range(k_max):
+        reached = [a for a, d in zip(accepted, drafted) if d > i and a >= i]
+        out.append(sum(a > i for a in reached) / len(reached) if reached else float("nan"))
+    return out
+
+
+def survival_by_position(drafted, accepted, k: int | None = None) -> list[float]:
+    """Survival: for positions ``i = 1 .. k``, among rounds that drafted at least ``i`` tokens, the
+    share whose drafts ``1 .. i`` were all accepted -- the product of the conditional
+    acceptances up to ``i`` (:func:`acceptance_by_position`) when every round drafts ``k``."""
+    k = max(drafted, default=0) if k is None else k
+    out = []
+    for i in range(1, k + 1):
+        reached = [a for a, d in zip(accepted, drafted) if d >= i]
+        out.append(sum(a >= i for a in reached) / len(reached) if reached else float("nan"))
+    return out
+
+
+def cost_ratio(draft_seconds: float, draft_steps: int, step_seconds: float) -> float:
+    """c: the seconds of one draft step (``draft_seconds / draft_steps``) over one target decode
+    step's ``step_seconds``."""
+    if draft_steps <= 0 or step_seconds <= 0:
+        raise ValueError("need at least one draft step and a positive decode step time")
+    return draft_seconds / draft_steps / step_seconds
+
+
+def verify_cost(times: dict) -> dict[int, float]:
+    """v(n) from timings: ``times[n]`` the seconds (one or several samples) of scoring ``n``
+    tokens in one pass after the same context; v(n) is the median of ``n`` over the median of 1."""
+    import statistics
+
+    def med(x):
+        return statistics.median(x) if hasattr(x, "__len__") else float(x)
+
+    if 1 not in times:
+        raise ValueError("v(n) is relative to a decode step: time n = 1 too")
+    base = med(times[1])
+    return {int(n): med(t) / base for n, t in sorted(times.items())}
 
 
 @dataclass
@@ -67,8 +158,7 @@ class GenerationResult:
     @property
     def acceptance_rate(self) -> float | None:
         """Accepted drafted tokens / drafted tokens (None when nothing was drafted)."""
-        drafted = sum(self.drafted_per_round)
-        return sum(self.accepted_per_round) / drafted if drafted else None
+        return acceptance_rate(self.drafted_per_round, self.accepted_per_round)
 
     @property
     def mean_accepted(self) -> float | None:
@@ -77,14 +167,14 @@ class GenerationResult:
         return sum(accepted) / len(accepted) if accepted else None
 
     @property
+    def tokens_per_round(self) -> float | None:
+        """tau: tokens per target pass over the rounds that drafted (:func:`tokens_per_round`)."""
+        return tokens_per_round(self.drafted_per_round, self.accepted_per_round)
+
+    @property
     def acceptance_by_position(self) -> list[float]:
         """P(draft position i is accepted | position i was drafted and reached), i = 0, 1, ..."""
-        k_max = max(self.drafted_per_round, default=0)
-        out = []
-        for i in range(k_max):
-            reached = [a for a, d in zip(self.accepted_per_round, self.drafted_per_round) if d > i and a >= i]
-            out.append(sum(a > i for a in reached) / len(reached) if reached else float("nan"))
-        return out
+        return acceptance_by_position(self.drafted_per_round, self.accepted_per_round)
 
     @property
     def peak_mem_bytes(self) -> int:

@@ -13,7 +13,8 @@ This module only *describes* models; :mod:`specdec.loaders` loads them.
   target to share one vocabulary; :func:`check_same_vocabulary` refuses a pair that does not
   (:class:`VocabularyMismatchError`). :class:`ModelUnavailableError` is what a loader raises
   when a model's weights are not on this machine.
-* :func:`describe`: the registry as a table, with what can be loaded here without the network.
+* :func:`book_head_dir`, :func:`head_available`: where the book's trained head is committed.
+  (:func:`specdec.loaders.describe` tabulates the registry with what this machine holds.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ __all__ = [
     "ModelUnavailableError",
     "require_shared_vocabulary",
     "check_same_vocabulary",
-    "describe",
+    "book_head_dir",
+    "head_available",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -48,14 +50,18 @@ __all__ = [
 
 CONFIG_KEYS = ("gpt2", "gpt2-xl", "tinyllama-1.1b", "phi-3-mini", "llama-3-8b", "smollm2-135m")
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def _repo_root() -> Path:
+    from .provenance import repo_root
+
+    return repo_root()
 
 
 def config_path(key: str) -> Path:
     """Path of the JSON config of model ``key`` (one of :data:`CONFIG_KEYS`)."""
     if key not in CONFIG_KEYS:
         raise ValueError(f"unknown model config {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
-    path = _REPO_ROOT / "data" / "configs" / f"{key}.json"
+    path = _repo_root() / "data" / "configs" / f"{key}.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: specdec reads its model configs from the book's repository; "
@@ -269,43 +275,12 @@ def check_same_vocabulary(pair: PairSpec) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# The registry as a table
-# --------------------------------------------------------------------------------------------
+def book_head_dir() -> Path:
+    """Where the book's head for SmolLM2-135M lives: ``data/heads/smollm2-135m-eagle``."""
+    return _repo_root() / "data" / "heads" / "smollm2-135m-eagle"
 
 
-def describe():
-    """The registry as a table (a pandas DataFrame): one row per pair, with vocabulary sizes
-    and whether each model can be loaded on this machine without the network."""
-    import pandas as pd
-
-    from .eagle import head_available
-    from .loaders import is_available_offline  # the loaders know what this machine holds
-
-    rows = []
-    for pair in PAIRS.values():
-        rows.append(
-            {
-                "pair": pair.name,
-                "draft": pair.draft.label if pair.draft else DRAFTER_LABELS[pair.drafter],
-                "target": pair.target.label,
-                "draft vocab": pair.draft.vocab_size if pair.draft else pair.target.vocab_size,
-                "target vocab": pair.target.vocab_size,
-                "shared vocab": pair.shares_vocabulary,
-                "draft offline": head_available() if pair.drafter == "eagle" else is_available_offline(pair.draft),
-                "target offline": is_available_offline(pair.target),
-            }
-        )
-    rows.append(
-        {
-            "pair": "synthetic",
-            "draft": "first layer(s) of the target",
-            "target": "tiny random Llama (synthetic_pair)",
-            "draft vocab": 512,
-            "target vocab": 512,
-            "shared vocab": True,
-            "draft offline": True,
-            "target offline": True,
-        }
-    )
-    return pd.DataFrame(rows).set_index("pair")
+def head_available(directory: str | Path | None = None) -> bool:
+    """Is a trained head (``head.json`` and ``head.safetensors``) in ``directory`` (default: the book's)?"""
+    directory = book_head_dir() if directory is None else Path(directory)
+    return (directory / "head.json").is_file() and (directory / "head.safetensors").is_file()

@@ -83,13 +83,13 @@ train-prompts: setup
 answers: setup
 	$(PY) -m specdec.headanswers --target-tokens 1000000 $(if $(MINUTES),--max-minutes $(MINUTES))
 
-# Train the book's head (data/heads/smollm2-135m-eagle) from the training prompts: the target
-# answers as many as it can in 25 minutes (kept in data/train/answers.jsonl.gz, reused when
-# present), standard-library source and documentation add 250,000 tokens of text, then features
-# (about 25 minutes) and at most 25 minutes of training. About 80 minutes on a 2-core CPU.
-head: setup
-	apt-get install -y python3.11-doc || echo 'install python3.11-doc (Debian) for the documentation text'
-	$(PY) -m specdec.headtrain --answer-minutes 25 --reference-tokens 250000 --epochs 2 --max-minutes 25 --draft-vocab 4096
+# Train the book's head (data/heads/smollm2-135m-eagle) from the committed answers (`make answers`
+# first adds any that are missing): the target's features per answer part, kept in
+# .cache/specdec/features (recomputed where missing), then training with five unrolled draft steps
+# until the held-out tau stops improving, checkpointed in the head's folder every ten minutes, so a
+# stopped run goes on where it stopped. MINUTES=n stops this run's training after n minutes.
+head: answers
+	$(PY) -m specdec.headtrain --steps 5 --epochs 4 --patience 6 $(if $(MINUTES),--max-minutes $(MINUTES))
 
 # Record the committed benchmark (chapter 7 reads it): the `cpu` profile's whole sweep, every
 # configuration repeated round robin with its baseline, one file per pair in data/results/cpu/.

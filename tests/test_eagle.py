@@ -346,3 +346,30 @@ def test_regression_term_and_calibration_are_reported(target, trained):
         plain, _ = headtrain.head_loss(head, batch, 2)
         with_reg, _ = headtrain.head_loss(head, batch, 2, regression=1.0)
     assert float(with_reg) > float(plain)  # the head's output is not the target's feature
+
+
+def test_the_head_drafts_what_the_law_plans():
+    from specdec import headbench, theory
+
+    meta = {"provenance": {"held_out_eval": {"rank_acceptance": [[0.7, 0.1], [0.6, 0.1], [0.5, 0.1]]}}}
+    v = {1: 1.0, 2: 1.05, 3: 1.1, 5: 1.2, 9: 1.5, 17: 2.4, 33: 4.0}
+    plan = headbench.plan_for_head(meta, v, level_cost=0.05)
+    assert plan["chain"]["k"] <= 3  # never longer than the head was trained (and evaluated) to draft
+    direct = theory.plan_drafting(meta["provenance"]["held_out_eval"]["rank_acceptance"], v, 0.05, k_max=3)
+    assert plan["chain"] == direct["chain"] and plan["tree"] == direct["tree"]
+    opts = plan["tree_options"]
+    assert opts["n_nodes"] == len(opts["shape"]) == plan["tree"]["n_nodes"]
+    tree, table = headbench.choose_tree(meta, v, 0.05)
+    assert tree == opts and table["tokens_per_step"].max() == pytest.approx(plan["tree"]["speedup"])
+
+
+def test_generate_runs_on_the_packed_path_and_writes_the_same_text(target):
+    """The engine apart from the method: transformers' generate() on the copy our loops run."""
+    from specdec.enginebench import hf_method
+
+    if not fastpath.packing_available():
+        pytest.skip("no oneDNN packing in this torch build")
+    packed = fastpath.prepare(target, fastpath.Path(linear="packed"))
+    prompt = torch.tensor([5, 17, 33, 2])
+    theirs = hf_method(packed, "hf_autoregressive", max_new_tokens=12)(prompt)["result"]
+    assert theirs.tokens == autoregressive_generate(packed, prompt, 12).tokens

@@ -538,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     hd.add_argument("--out", help="write the figures as JSON, e.g. data/results/head_cpu.json")
     hd.add_argument("--n-per-domain", type=cli.int_range(1, 40), default=4, help="prompts per domain")
     hd.add_argument("--max-new-tokens", type=cli.int_range(2, 1024), default=64)
-    hd.add_argument("--k", type=cli.int_range(1, 16), default=4, help="tokens drafted per round")
+    hd.add_argument("--k", type=cli.int_range(1, 16),
+                    help="tokens drafted per round (default: the K the law picks from the head's held-out acceptance, "
+                         "its cost and this machine's v(n))")
     hd.add_argument("--repeats", type=cli.positive_int, default=3)
     hd.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)

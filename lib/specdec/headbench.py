@@ -26,7 +26,7 @@ import torch
 
 from .drafters import ModelDrafter, NGramDrafter
 from .enginebench import hf_method, our_method, paired_speedups, run_interleaved
-from .metrics import acceptance_by_position, acceptance_rate, survival_by_position, tokens_per_round
+from .metrics import acceptance_by_position, acceptance_rate, cost_ratio, survival_by_position, tokens_per_round
 from .provenance import require_quiet, write_report
 from .sampling import SamplingParams
 
@@ -37,14 +37,18 @@ __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
         "ngram_tree")
 THEIRS = ("hf_autoregressive", "hf_prompt_lookup", "hf_assisted")
+#: ``generate()`` on the target path our loops run (the packed copy): with ``hf_autoregressive`` on
+#: the model as loaded and our own autoregressive loop, it splits a speedup over ``generate()``
+#: into the kernel path's share, the loop's share and the drafter's share.
+ENGINE = ("hf_autoregressive_packed",)
 T1 = SamplingParams(temperature=1.0)
 
 
 def results_path():
     """The committed run chapter 10 reads: ``data/results/head_cpu.json``."""
-    from pathlib import Path
+    from .provenance import repo_root
 
-    return Path(__file__).resolve().parents[2] / "data" / "results" / "head_cpu.json"
+    return repo_root() / "data" / "results" / "head_cpu.json"
 
 
 def tree_method(target, make_drafter, max_new_tokens: int = 64, params: SamplingParams | None = None,
@@ -61,8 +65,10 @@ def tree_method(target, make_drafter, max_new_tokens: int = 64, params: Sampling
 
 
 def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=frozenset(), max_new_tokens: int = 64,
-                       k: int = 4, repeats: int = 3, progress: bool = True, tree: dict | None = None):
-    """One interleaved run of :data:`OURS` and :data:`THEIRS`; a DataFrame of records.
+                       k: int = 4, repeats: int = 3, progress: bool = True, tree: dict | None = None,
+                       engine: bool = False):
+    """One interleaved run of :data:`OURS` and :data:`THEIRS` (and :data:`ENGINE` with
+    ``engine``); a DataFrame of records.
 
     ``tree``: the trees' options, ``n_nodes``, ``depth`` and ``shape`` (the static shape for
     sampling); by default 16 nodes, 4 levels of 4."""
@@ -92,6 +98,8 @@ def run_head_benchmark(target, fast_target, head, draft, prompts, stop_ids=froze
                                  num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0,
                                  **common),
     }
+    if engine:
+        methods["hf_autoregressive_packed"] = hf_method(fast_target, "hf_autoregressive", **common)
     df = run_interleaved(methods, prompts, repeats, progress, desc="drafters")
     df["domain"] = df["prompt_id"].str.split("/").str[0]
     return df
@@ -147,7 +155,7 @@ def summarise_head(df, k: int) -> dict:
     cost = {}
     for m in ("eagle", "int4"):
         d = df[df["method"] == m]
-        cost[m] = float((d["draft_s"] / d["n_drafted"].clip(lower=1)).median() / ar_step)
+        cost[m] = float(np.median([cost_ratio(s, n, ar_step) for s, n in zip(d["draft_s"], d["n_drafted"]) if n > 0]))
     out["cost_ratio"] = cost
     pairs = [("eagle", "autoregressive"), ("eagle_t1", "autoregressive_t1"), ("ngram", "autoregressive"),
              ("eagle_tree", "autoregressive"), ("eagle_tree_t1", "autoregressive_t1"), ("ngram_tree", "autoregressive"),
@@ -155,6 +163,8 @@ def summarise_head(df, k: int) -> dict:
              ("int4", "autoregressive"), ("autoregressive", "hf_autoregressive"),
              ("eagle", "hf_autoregressive"), ("eagle", "hf_prompt_lookup"), ("eagle", "hf_assisted"),
              ("hf_prompt_lookup", "hf_autoregressive"), ("hf_assisted", "hf_autoregressive")]
+    if "hf_autoregressive_packed" in set(df["method"]):  # the engine apart from the method
+        pairs += [("hf_autoregressive_packed", "hf_autoregressive"), ("autoregressive", "hf_autoregressive_packed")]
     out["speedups"] = {f"{a}_vs_{b}": paired_speedups(df, a, b) for a, b in pairs}
     # the fastest thing transformers offers here, end to end: the head against it
     theirs = {m: float(np.median([r.total_s for r in df[df["method"] == m]["result"]])) for m in THEIRS}
@@ -168,9 +178,9 @@ def verify_costs(model, ns=(1, 2, 3, 5, 9, 17, 33), context: int = 256, repeats:
     """v(n): the measured cost of scoring ``n`` tokens in one pass, in decode steps (medians)."""
     from .roofline import time_forwards
 
-    times = time_forwards({"m": model}, ns, context, repeats=repeats, warmup=2, desc="verify cost")["m"]
-    base = float(np.median(times[1]))
-    return {n: float(np.median(t)) / base for n, t in times.items()}
+    from .metrics import verify_cost
+
+    return verify_cost(time_forwards({"m": model}, ns, context, repeats=repeats, warmup=2, desc="verify cost")["m"])
 
 
 def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
@@ -195,26 +205,44 @@ def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
     return float(np.median(samples) / step)
 
 
-def choose_tree(head_meta: dict, v: dict[int, float], level_cost: float, max_nodes: int = 32):
-    """The tree size :func:`specdec.trees.best_tree` picks from the head's held-out acceptance by
-    rank (``head.json``) and this machine's verify cost (interpolated between measured sizes)."""
-    from .trees import best_tree
+def plan_for_head(head_meta: dict, v: dict[int, float], level_cost: float, k_max: int | None = None,
+                  max_nodes: int = 32) -> dict:
+    """What the head drafts, by the law (:func:`specdec.theory.plan_drafting`): the chain's K and
+    the tree, from the head's held-out acceptance by depth and rank (``head.json``), its cost
+    per drafted level here and this machine's verify cost ``v``. K is at most the number of
+    steps the head was trained to draft (its held-out table's depth)."""
+    from .theory import plan_drafting
 
     ranks = head_meta["provenance"]["held_out_eval"]["rank_acceptance"]
-    xs = sorted(v)
-    table = best_tree(ranks, lambda n: float(np.interp(n, xs, [v[x] for x in xs])), level_cost,
-                      sizes=range(1, max_nodes + 1))
-    best = table.loc[table["tokens_per_step"].idxmax()]
-    return dict(n_nodes=int(best["n_nodes"]), depth=int(best["depth"]), top_k=max(1 + max(r[-1] for r in best["shape"]), 1),
-                shape=[list(r) for r in best["shape"]]), table
+    plan = plan_drafting(ranks, v, level_cost, k_max=len(ranks) if k_max is None else min(k_max, len(ranks)),
+                         max_nodes=max_nodes)
+    tree = plan["tree"]
+    top_k = max(1 + max(r[-1] for r in tree["shape"]), 1)
+    plan["tree_options"] = dict(n_nodes=tree["n_nodes"], depth=tree["depth"], top_k=top_k,
+                                shape=[list(r) for r in tree["shape"]])
+    return plan
 
 
-def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, repeats: int = 3,
+def choose_tree(head_meta: dict, v: dict[int, float], level_cost: float, max_nodes: int = 32):
+    """The tree :func:`plan_for_head` picks, as the tree options of :func:`run_head_benchmark`,
+    and the table of every size it weighed."""
+    from .trees import best_tree
+    from .theory import verify_cost_at
+
+    plan = plan_for_head(head_meta, v, level_cost, max_nodes=max_nodes)
+    ranks = head_meta["provenance"]["held_out_eval"]["rank_acceptance"]
+    table = best_tree(ranks, lambda n: verify_cost_at(v, n), level_cost, sizes=range(1, max_nodes + 1))
+    return plan["tree_options"], table
+
+
+def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int | None = None, repeats: int = 3,
                 out: str | None = None, force: bool = False, command: str | None = None, progress: bool = True) -> dict:
-    """Load SmolLM2, its fastest float32 path, the book's head and a 4-bit copy, run
-    :func:`run_head_benchmark` on the first ``n_per_domain`` prompts of each domain, and
-    summarise. With ``out`` the figures, records and provenance are written as JSON; under
-    ``data/results`` that is refused on a busy machine unless ``force``."""
+    """Load SmolLM2, its fastest float32 path, the book's head and a 4-bit copy, measure v(n) and
+    the head's step cost here, plan the chain's K (unless ``k`` is given) and the tree by the law
+    (:func:`plan_for_head`), run :func:`run_head_benchmark` on the first ``n_per_domain`` prompts
+    of each domain, and summarise, with the plan's predictions beside the measurement. With
+    ``out`` the figures, records and provenance are written as JSON; under ``data/results`` that
+    is refused on a busy machine unless ``force``."""
     import json
 
     from . import fastpath, quant
@@ -222,7 +250,7 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     from .loaders import load_smollm2
     from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
 
-    if not 1 <= n_per_domain <= 40 or k < 1 or repeats < 1 or max_new_tokens < 2:
+    if not 1 <= n_per_domain <= 40 or (k is not None and k < 1) or repeats < 1 or max_new_tokens < 2:
         raise ValueError("need 1 <= n_per_domain <= 40, k >= 1, repeats >= 1, max_new_tokens >= 2")
     load_before = require_quiet(out, force)
     target, tokenizer = load_smollm2()
@@ -233,13 +261,21 @@ def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int = 4, rep
     draft, _ = quant.fastest_weight_only_copy(target, 4)
     v = verify_costs(fast)
     level_cost = head_step_cost(head, fast)
-    tree, tree_table = choose_tree(head_meta, v, level_cost)
+    plan = plan_for_head(head_meta, v, level_cost)
+    tree = plan["tree_options"]
+    k = plan["chain"]["k"] if k is None else k
+    if k < 1:
+        raise ValueError("the law says this head should not draft at all here (best K = 0); pass --k to run it anyway")
     prompts = [(p["id"], encode_prompt(tokenizer, p["prompt"])) for d in DOMAINS for p in load_prompts(d, n_per_domain)]
     stops = frozenset(stop_token_ids(tokenizer, target))
-    df = run_head_benchmark(target, fast, head, draft, prompts, stops, max_new_tokens, k, repeats, progress, tree)
+    df = run_head_benchmark(target, fast, head, draft, prompts, stops, max_new_tokens, k, repeats, progress, tree,
+                            engine=True)
     report = dict(figures=summarise_head(df, k), path=path.to_dict(), paths=table.to_dict("records"), k=k,
-                  verify_cost=v, level_cost=level_cost, tree=tree,
-                  tree_table=tree_table.drop(columns=["shape"]).to_dict("records"),
+                  k_planned=plan["chain"]["k"], verify_cost=v, level_cost=level_cost, tree=tree,
+                  plan=dict(chain={key: val for key, val in plan["chain"].items()},
+                            tree={key: val for key, val in plan["tree"].items() if key != "shape"},
+                            chains=plan["chains"].to_dict("records")),
+                  tree_table=plan["trees"].drop(columns=["shape"]).to_dict("records"),
                   n_per_domain=n_per_domain, max_new_tokens=max_new_tokens, repeats=repeats,
                   threads=torch.get_num_threads(),
                   records=df.drop(columns=["result"]).assign(

@@ -11,10 +11,11 @@ PACKAGE = Path(specdec.__file__).parent
 
 #: The layers, lowest first (the design's table): a module may import its own layer and the ones below.
 LAYERS = {
-    1: {"sampling", "theory", "metrics", "checks", "profiling", "provenance", "book", "profiles", "cli"},  # figures
+    1: {"sampling", "theory", "metrics", "checks", "profiling", "provenance", "book", "profiles", "cli",
+        "roofline"},  # figures, and chapter 1's cost model
     2: {"cache", "tokentree"},  # the cache, and the tree structure its tree pass reads
-    3: {"drafters", "decoding", "trees"},  # drafting and the loops
-    4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "roofline", "hfpeers"},
+    3: {"drafters", "decoding", "trees", "steptime", "microbench"},  # drafting, the loops, timing a pass
+    4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers"},
     5: {"eagle", "headdata", "headanswers", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
     6: {"pairs", "bench", "enginebench", "headbench", "headablate", "analysis", "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points

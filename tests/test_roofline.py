@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+from specdec import microbench as mb
 from specdec import roofline as rl
+from specdec import steptime as st
 from specdec.registry import CONFIG_KEYS, model_config
 
 
@@ -178,9 +180,9 @@ def test_load_hardware():
     lambda: rl.ridge_point(1e12, float("inf")),
     lambda: rl.attainable_flops(-1.0, 1e12, 1e9),
     lambda: rl.min_ms_per_token(tiny_llama(), 0),
-    lambda: rl.measure_matmul_flops(n=0),
-    lambda: rl.measure_bandwidth(nbytes=1024, method="scan"),
-    lambda: rl.measure_matmul_flops(n=8, summary="max"),
+    lambda: mb.measure_matmul_flops(n=0),
+    lambda: mb.measure_bandwidth(nbytes=1024, method="scan"),
+    lambda: mb.measure_matmul_flops(n=8, summary="max"),
     lambda: rl.model_shape(AutoConfig.for_model("bert")),
 ])
 def test_bad_input_is_a_value_error(call):
@@ -194,23 +196,23 @@ def test_not_a_config_is_a_type_error():
 
 
 def test_measurements_are_positive_and_finite():
-    flops = rl.measure_matmul_flops(n=128, repeats=2, warmup=1)
-    bw = rl.measure_bandwidth(nbytes=4 * 2**20, repeats=2)
-    bw_sum = rl.measure_bandwidth(nbytes=4 * 2**20, repeats=2, method="sum")
-    fastest = rl.measure_matmul_flops(n=128, repeats=2, warmup=1, summary="min")
+    flops = mb.measure_matmul_flops(n=128, repeats=2, warmup=1)
+    bw = mb.measure_bandwidth(nbytes=4 * 2**20, repeats=2)
+    bw_sum = mb.measure_bandwidth(nbytes=4 * 2**20, repeats=2, method="sum")
+    fastest = mb.measure_matmul_flops(n=128, repeats=2, warmup=1, summary="min")
     assert all(math.isfinite(x) and x > 0 for x in (flops, bw, bw_sum, fastest))
 
 
 def test_forward_timing_keeps_the_context_fixed():
     config = tiny_llama()
     model = AutoModelForCausalLM.from_config(config).eval()
-    ms = rl.measure_forward_ms(model, n_tokens=2, context=9, repeats=2)
+    ms = st.measure_forward_ms(model, n_tokens=2, context=9, repeats=2)
     assert math.isfinite(ms) and ms > 0
-    curve = rl.verify_cost_curve(model, ks=(2, 4), context=9, repeats=2)
+    curve = st.verify_cost_curve(model, ks=(2, 4), context=9, repeats=2)
     assert curve.ks == (1, 2, 4) and curve.relative[0] == 1.0
     assert all(math.isfinite(m) and m > 0 for m in curve.ms)
     with pytest.raises(ValueError, match="positions"):
-        rl.measure_forward_ms(model, n_tokens=8, context=60)
+        st.measure_forward_ms(model, n_tokens=8, context=60)
 
 
 # --------------------------------------------------------------------------- the model's own matrices
@@ -278,7 +280,7 @@ LINEAR_COLUMNS = ["dtype", "matrices", "in_features", "out_features", "per_pass"
 def test_measure_linear_gflops_table():
     config = tiny_llama()
     shapes = rl.linear_shapes(config)
-    table = rl.measure_linear_gflops(config, ms=(3, 1), dtypes=(torch.float32, torch.bfloat16), repeats=2,
+    table = mb.measure_linear_gflops(config, ms=(3, 1), dtypes=(torch.float32, torch.bfloat16), repeats=2,
                                      warmup=0, copies=2)
     assert list(table.columns) == LINEAR_COLUMNS
     assert len(table) == 2 * len(shapes) * 2
@@ -308,7 +310,7 @@ def test_measure_linear_gflops_times_with_the_profiling_helpers(monkeypatch):
 
     monkeypatch.setattr(profiling, "time_interleaved", fake_interleaved)
     config = tiny_llama()
-    table = rl.measure_linear_gflops(config, ms=(1, 2, 4), dtypes=(torch.float32,), repeats=3, warmup=1)
+    table = mb.measure_linear_gflops(config, ms=(1, 2, 4), dtypes=(torch.float32,), repeats=3, warmup=1)
     assert calls == [([1, 2, 4], 3, 1)] * len(rl.linear_shapes(config))
     assert (table["copies"] == table["per_pass"]).all()  # copies=None: as many matrices as one pass has
     assert np.allclose(table["seconds"], 1e-3 * table["m"] / table["copies"])
@@ -317,11 +319,11 @@ def test_measure_linear_gflops_times_with_the_profiling_helpers(monkeypatch):
         return {m: [5e-3 * m] + [1e-3 * m] * (repeats - 1) for m in fns}
 
     monkeypatch.setattr(profiling, "time_interleaved", slow_first)
-    fastest = rl.measure_linear_gflops(config, ms=(1, 2), dtypes=(torch.float32,), repeats=3,
+    fastest = mb.measure_linear_gflops(config, ms=(1, 2), dtypes=(torch.float32,), repeats=3,
                                        summary="min")
     assert np.allclose(fastest["seconds"], 1e-3 * fastest["m"] / fastest["copies"])
     assert (fastest["seconds_q3"] > fastest["seconds"]).all()
-    passes = rl.pass_matmul_ms(table)
+    passes = mb.pass_matmul_ms(table)
     # per_pass products of copies-per-round time: every m costs m ms per shape and pass
     assert np.allclose(passes["matmul_ms"], passes["m"] * len(rl.linear_shapes(config)))
     assert np.allclose(passes["flops"], 2 * passes["m"] * rl.matmul_param_count(config))
@@ -336,7 +338,7 @@ def test_pass_matmul_ms_sums_per_pass():
     table = pd.DataFrame({"dtype": ["float32"] * 4, "m": [2, 2, 1, 1], "per_pass": [30, 1, 30, 1],
                           "seconds": [2e-4, 3e-3, 1e-4, 2e-3], "flops": [20.0, 200.0, 10.0, 100.0],
                           "bytes": [5.0, 50.0, 4.0, 40.0]})
-    out = rl.pass_matmul_ms(table)
+    out = mb.pass_matmul_ms(table)
     assert list(out.columns) == ["dtype", "m", "matmul_ms", "flops", "bytes", "intensity", "gflops"]
     assert out["m"].tolist() == [1, 2]
     assert np.allclose(out["matmul_ms"], [30 * 0.1 + 2.0, 30 * 0.2 + 3.0])
@@ -344,23 +346,23 @@ def test_pass_matmul_ms_sums_per_pass():
     assert np.allclose(out["intensity"], [2.5, 4.0])
     assert np.allclose(out["gflops"], [400 / 5e-3 / 1e9, 800 / 9e-3 / 1e9])
     with pytest.raises(ValueError, match="missing columns"):
-        rl.pass_matmul_ms(table.drop(columns="per_pass"))
+        mb.pass_matmul_ms(table.drop(columns="per_pass"))
 
 
 def test_fit_affine_cost_recovers_a_line():
-    fixed, per_token = rl.fit_affine_cost([1, 2, 4, 8, 16], [40 + 3 * n for n in (1, 2, 4, 8, 16)])
+    fixed, per_token = mb.fit_affine_cost([1, 2, 4, 8, 16], [40 + 3 * n for n in (1, 2, 4, 8, 16)])
     assert fixed == pytest.approx(40) and per_token == pytest.approx(3)
     with pytest.raises(ValueError):
-        rl.fit_affine_cost([4, 4], [1.0, 2.0])
+        mb.fit_affine_cost([4, 4], [1.0, 2.0])
     with pytest.raises(ValueError):
-        rl.fit_affine_cost([1, 2], [1.0])
+        mb.fit_affine_cost([1, 2], [1.0])
 
 
 @pytest.mark.parametrize("kw", [dict(ms=(0, 1)), dict(ms=()), dict(copies=0), dict(dtypes=(torch.int8,)),
                                 dict(repeats=0), dict(summary="mean")])
 def test_measure_linear_gflops_bad_input(kw):
     with pytest.raises(ValueError):
-        rl.measure_linear_gflops(tiny_llama(), **{"ms": (1,), "repeats": 1, **kw})
+        mb.measure_linear_gflops(tiny_llama(), **{"ms": (1,), "repeats": 1, **kw})
 
 
 def test_measure_pass_breakdown_times_the_pass_and_its_products_in_the_same_rounds(monkeypatch):
@@ -379,31 +381,31 @@ def test_measure_pass_breakdown_times_the_pass_and_its_products_in_the_same_roun
                 for what, k in fns}
 
     monkeypatch.setattr(profiling, "time_interleaved", fake_interleaved)
-    table = rl.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0)
+    table = mb.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0)
     assert seen["names"] == sorted((w, k) for w in ("forward", "products") for k in (1, 2, 4))
     assert (seen["repeats"], seen["warmup"]) == (3, 0)
     assert list(table.columns) == ["k", "forward_ms", "products_ms", "rest_ms", "relative"]
     assert table["k"].tolist() == [1, 2, 4]
     assert np.allclose(table["forward_ms"], [12, 13, 15]) and np.allclose(table["products_ms"], [5, 6, 8])
     assert np.allclose(table["rest_ms"], 7) and np.allclose(table["relative"], [1, 13 / 12, 15 / 12])
-    fastest = rl.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0, summary="min")
+    fastest = mb.measure_pass_breakdown(model, ks=(4, 2), context=9, repeats=3, warmup=0, summary="min")
     assert np.allclose(fastest["forward_ms"], [11, 12, 14]) and np.allclose(fastest["rest_ms"], 6)
     with pytest.raises(ValueError, match="summary"):
-        rl.measure_pass_breakdown(model, ks=(2,), context=9, summary="mean")
+        mb.measure_pass_breakdown(model, ks=(2,), context=9, summary="mean")
 
 
 def test_measure_pass_breakdown_on_a_real_model():
     config = tiny_llama()
     model = AutoModelForCausalLM.from_config(config).eval()
-    table = rl.measure_pass_breakdown(model, ks=(3,), context=9, repeats=2)
+    table = mb.measure_pass_breakdown(model, ks=(3,), context=9, repeats=2)
     assert table["k"].tolist() == [1, 3] and table["relative"].iloc[0] == 1.0
     assert np.isfinite(table[["forward_ms", "products_ms", "rest_ms"]].to_numpy()).all()
     assert (table["forward_ms"] > 0).all() and (table["products_ms"] > 0).all()
     with pytest.raises(ValueError, match="positions"):
-        rl.measure_pass_breakdown(model, ks=(8,), context=60)
+        mb.measure_pass_breakdown(model, ks=(8,), context=60)
 
     with pytest.raises(TypeError):
-        rl.measure_pass_breakdown(config)
+        mb.measure_pass_breakdown(config)
 
 
 def test_measure_pass_breakdown_counts_gpt2_conv1d_projections(monkeypatch):
@@ -421,12 +423,12 @@ def test_measure_pass_breakdown_counts_gpt2_conv1d_projections(monkeypatch):
         return {name: [1e-3] * repeats for name in fns}
 
     monkeypatch.setattr(profiling, "time_interleaved", run_products_once)
-    rl.measure_pass_breakdown(gpt2, ks=(1,), context=5, repeats=1)
+    mb.measure_pass_breakdown(gpt2, ks=(1,), context=5, repeats=1)
     assert len(calls) == 4 * config.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
 
 
 def test_peaks_summarise_the_rounds_by_median_or_fastest(monkeypatch):
-    monkeypatch.setattr(rl, "time_repeated", lambda fn, repeats, warmup, device: [3.0, 1.0, 2.0])
-    assert rl.measure_matmul_flops(n=4, repeats=3) == 2 * 4**3 / 2.0
-    assert rl.measure_matmul_flops(n=4, repeats=3, summary="min") == 2 * 4**3 / 1.0
-    assert rl.measure_bandwidth(nbytes=4096, repeats=3, method="sum", summary="min") == 4096 / 1.0
+    monkeypatch.setattr(mb, "time_repeated", lambda fn, repeats, warmup, device: [3.0, 1.0, 2.0])
+    assert mb.measure_matmul_flops(n=4, repeats=3) == 2 * 4**3 / 2.0
+    assert mb.measure_matmul_flops(n=4, repeats=3, summary="min") == 2 * 4**3 / 1.0
+    assert mb.measure_bandwidth(nbytes=4096, repeats=3, method="sum", summary="min") == 4096 / 1.0

@@ -439,12 +439,12 @@ def measure_step_costs(model, n_tokens=(1, 2, 3, 5, 9), context_len: int = 128, 
                        warmup: int = 2, seed: int = 0) -> "pd.DataFrame":
     """Median seconds of one forward pass scoring ``n`` new tokens after a cached context of
     ``context_len`` tokens, for each ``n`` in ``n_tokens`` (n = 1 is a decode step; n = K+1 a
-    verification), timed by :mod:`specdec.roofline` (the cache is rolled back after every pass,
+    verification), timed by :mod:`specdec.steptime` (the cache is rolled back after every pass,
     so each sees the same context). Columns: ``n_tokens``, ``seconds``, ``relative`` (to n = 1
     if measured)."""
     import pandas as pd
 
-    from .roofline import time_forwards
+    from .steptime import time_forwards
 
     if context_len < 1 or not n_tokens or min(n_tokens) < 1:
         raise ValueError("need context_len >= 1 and n_tokens >= 1")

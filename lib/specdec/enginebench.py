@@ -220,7 +220,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     which no chapter uses. With ``out`` it writes the figures, the path table and provenance
     as JSON; a file under ``data/results`` is refused on a busy machine unless ``force``.
     """
-    from . import fastpath, quant, roofline
+    from . import fastpath, microbench, quant
     from .loaders import load_smollm2
     from .prompts import encode_prompt, load_prompts, stop_token_ids
     from .selfspec import stored_weight_bytes
@@ -236,7 +236,7 @@ def engine_report(n_prompts: int = 12, max_new_tokens: int = 64, k: int = 4, rep
     draft, draft_steps = quant.fastest_weight_only_copy(target, bits, repeats=7)
     draft_dtype = str(next(draft.parameters()).dtype).removeprefix("torch.")
     # the bound is the best the memory delivered: the fastest of the reads, not their median
-    bandwidth = roofline.measure_bandwidth(2**30, repeats=9, method="sum", summary="min")
+    bandwidth = microbench.measure_bandwidth(2**30, repeats=9, method="sum", summary="min")
     weight_bytes = stored_weight_bytes(target)
     bound_ms = 1e3 * weight_bytes / bandwidth
     texts = load_prompts("code")[-n_prompts:]

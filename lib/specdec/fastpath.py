@@ -163,7 +163,7 @@ def measure_paths(
 ):
     """Milliseconds of one forward pass scoring ``n`` tokens after ``context`` cached ones, for
     each path and each ``n`` in ``n_tokens``, timed interleaved by
-    :func:`specdec.roofline.time_forwards`.
+    :func:`specdec.steptime.time_forwards`.
 
     Returns a DataFrame with one row per (path, n): ``path``, ``n_tokens``, ``ms`` (median),
     ``q1``, ``q3``, ``vs_plain`` (the first path's median over this one's; the first candidate
@@ -171,7 +171,7 @@ def measure_paths(
     """
     import pandas as pd
 
-    from .roofline import time_forwards
+    from .steptime import time_forwards
 
     paths = candidate_paths(next(model.parameters()).device) if paths is None else list(paths)
     if not paths:

@@ -28,6 +28,7 @@ from .drafters import ModelDrafter, NGramDrafter
 from .enginebench import hf_method, our_method, paired_speedups, run_interleaved
 from .metrics import acceptance_by_position, acceptance_rate, cost_ratio, survival_by_position, tokens_per_round
 from .provenance import require_quiet, write_report
+from .steptime import verify_costs  # noqa: F401  (chapter 11 and the ablations call it from here)
 from .sampling import SamplingParams
 
 __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "position_survival",
@@ -174,21 +175,12 @@ def summarise_head(df, k: int) -> dict:
     return out
 
 
-def verify_costs(model, ns=(1, 2, 3, 5, 9, 17, 33), context: int = 256, repeats: int = 5) -> dict[int, float]:
-    """v(n): the measured cost of scoring ``n`` tokens in one pass, in decode steps (medians)."""
-    from .roofline import time_forwards
-
-    from .metrics import verify_cost
-
-    return verify_cost(time_forwards({"m": model}, ns, context, repeats=repeats, warmup=2, desc="verify cost")["m"])
-
-
 def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
     """One head step (a level of drafting) over one target decode step, timed here."""
     import time
 
     from .eagle import HeadCache
-    from .roofline import time_forwards
+    from .steptime import time_forwards
 
     H = head.cfg.hidden_size
     cache = HeadCache()

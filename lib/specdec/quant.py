@@ -211,7 +211,7 @@ def fastest_weight_only_copy(source: torch.nn.Module, bits: int, group_size: int
     """
     import statistics
 
-    from .roofline import time_forwards
+    from .steptime import time_forwards
 
     copies = {name: weight_only_copy(source, bits, group_size, dtype=getattr(torch, name))
               for name in ("float32", "bfloat16")}

@@ -15,9 +15,10 @@ LAYERS = {
         "roofline"},  # figures, and chapter 1's cost model
     2: {"cache", "tokentree"},  # the cache, and the tree structure its tree pass reads
     3: {"drafters", "decoding", "trees", "steptime", "microbench"},  # drafting, the loops, timing a pass
-    4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers"},
+    4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers", "stepcosts",
+        "vocabs"},
     5: {"eagle", "headdata", "headanswers", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
-    6: {"pairs", "bench", "enginebench", "headbench", "headablate", "analysis", "plots", "display"},  # measuring
+    6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "analysis", "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points
 }
 LAYER = {m: n for n, mods in LAYERS.items() for m in mods}

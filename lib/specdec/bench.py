@@ -48,7 +48,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +58,14 @@ from tqdm.auto import tqdm
 from .provenance import (BUSY_LOAD_PER_CORE, BusyMachineError, OthersCPU, is_committed_path,  # noqa: F401
                          load_average, require_quiet, wait_for_quiet, write_report)
 from .provenance import provenance as _provenance
-from .analysis import BASELINE, OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path
-from .checks import require_int
+from .analysis import OUR_METHODS, SYNTHETIC_DOMAIN, BenchmarkConfig, provenance_path  # noqa: F401
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import NGramDrafter
 from .metrics import GenerationResult, read_jsonl, write_jsonl
-from .pairs import (HF_PEER, BenchPair, _check_pair_name, _drafter_kind, _threads, load_bench_pair,  # noqa: F401
-                    parse_synthetic, synthetic_pair_name)
-from .sampling import SamplingParams
+from .pairs import (BenchPair, _check_pair_name, _threads, load_bench_pair, parse_synthetic,  # noqa: F401
+                    synthetic_pair_name)
+from .stepcosts import layer_extrapolated_costs, measure_step_costs  # noqa: F401
+from .sweepplan import SweepPlan, plan_for_profile  # noqa: F401
 
 __all__ = [
     # defined in specdec.analysis (the vocabulary of a results record), used here to write one
@@ -94,123 +94,6 @@ __all__ = [
 ]
 
 _SYNTHETIC_PROMPT_LEN = 16
-
-
-# --------------------------------------------------------------------------------------------
-# Sweeps
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """What a sweep covers. Each pair runs on ``domains`` (synthetic pairs on random-token
-    prompts instead), ``n_prompts`` prompts per domain, every K of ``ks``, every token budget
-    and every temperature; each text pair also runs the autoregressive baseline and, with
-    ``hf_peers``, the transformers baseline and the transformers speculative method (at the
-    temperatures in ``peer_temperatures``: greedy by default, where a peer's output must equal
-    ours token for token). Every configuration runs ``n_repeats`` times (:func:`run_sweep`)."""
-
-    pairs: tuple[str, ...]
-    domains: tuple[str, ...]
-    ks: tuple[int, ...]
-    n_prompts: int
-    max_new_tokens: tuple[int, ...]
-    temperatures: tuple[float, ...] = (0.0,)
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    hf_peers: bool = True
-    profile: str = ""
-    n_repeats: int = 3
-    peer_temperatures: tuple[float, ...] = (0.0,)
-
-    def __post_init__(self):
-        from .prompts import DOMAINS
-
-        if not self.pairs:
-            raise ValueError("a sweep needs at least one pair")
-        for pair in self.pairs:
-            _check_pair_name(pair)
-        for d in self.domains:
-            if d not in DOMAINS:
-                raise ValueError(f"unknown domain {d!r}; choose from {', '.join(DOMAINS)}")
-        if not self.ks or not self.max_new_tokens:
-            raise ValueError("a sweep needs at least one K and one token budget")
-        for k in self.ks:
-            require_int("each of ks", k, 1)
-        for m in self.max_new_tokens:
-            require_int("each of max_new_tokens", m, 1)
-        require_int("n_prompts", self.n_prompts, 1)
-        require_int("n_repeats", self.n_repeats, 1)
-        for t in self.temperatures:
-            SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
-
-    def methods_for(self, pair: str, temperature: float = 0.0) -> tuple[str, ...]:
-        """The methods a pair runs: ours always, plus the transformers peer where there is one."""
-        if not self.hf_peers or float(temperature) not in {float(t) for t in self.peer_temperatures}:
-            return OUR_METHODS
-        peer = HF_PEER[_drafter_kind(pair)]
-        return OUR_METHODS + ("hf_autoregressive",) + ((peer,) if peer else ())
-
-    def blocks(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[list[BenchmarkConfig]]:
-        """The configurations of ``pair`` in *blocks*: one block per prompt, token budget and
-        temperature, holding the baselines and every method and K that run on it (baseline
-        first). :func:`run_sweep` runs a block's configurations one after another, ``n_repeats``
-        times, so that each one is timed next to its baseline."""
-        out = []
-        for domain, ids in prompt_ids.items():
-            for pid in ids:
-                for m in self.max_new_tokens:
-                    for t in self.temperatures:
-                        common = dict(pair=pair, domain=domain, prompt_id=pid, max_new_tokens=m, temperature=float(t),
-                                      top_k=self.top_k, top_p=self.top_p, seed=self.seed, device=self.device, dtype=dtype)
-                        block = []
-                        for method in self.methods_for(pair, t):
-                            for k in ([0] if method in ("autoregressive", "hf_autoregressive") else self.ks):
-                                block.append(BenchmarkConfig(method=method, k=k, **common))
-                        out.append(block)
-        return out
-
-    def configs(self, pair: str, prompt_ids: dict[str, list[str]], dtype: str = "float32") -> list[BenchmarkConfig]:
-        """Every configuration of ``pair``, block by block (:meth:`blocks`), each once."""
-        return [c for block in self.blocks(pair, prompt_ids, dtype) for c in block]
-
-    def pending(self, pair: str, prompt_ids: dict[str, list[str]], done: set, dtype: str = "float32"):
-        """The units of work left: ``(repeat, configs)`` for every repeat of every block that is
-        not complete in ``done`` (a set of ``(config hash, repeat)``, :func:`completed_hashes`).
-        A unit holds the block's missing configurations *and* their baselines, even where a
-        baseline's record exists already: a speedup needs a baseline timed next to it."""
-        units = []
-        for r in range(self.n_repeats):
-            for block in self.blocks(pair, prompt_ids, dtype):
-                missing = [c for c in block if (c.config_hash, r) not in done]
-                if not missing:
-                    continue
-                need = {BASELINE[c.method] for c in missing}
-                units.append((r, [c for c in block if c in missing or (c.method in need and c.k == 0)]))
-        return units
-
-
-def plan_for_profile(profile=None, which: str = "sweep", **overrides) -> SweepPlan:
-    """The plan of a profile's benchmark (:func:`specdec.profiles.get_profile`), with fields
-    overridden: ``which="sweep"`` is the profile's whole benchmark (for ``cpu``, the committed
-    results file that ``make results`` records), ``which="live"`` the bounded run a chapter
-    makes while the book builds. The profile gives the pairs, prompts per domain, tokens per
-    prompt, the Ks, the temperatures, the repeats and the device.
-    """
-    from .profiles import Profile, get_profile
-    from .prompts import DOMAINS
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    if which not in ("sweep", "live"):
-        raise ValueError(f"which must be 'sweep' or 'live', got {which!r}")
-    sw = getattr(prof, which)
-    fields_ = dict(pairs=sw.pairs, domains=DOMAINS, ks=sw.ks, n_prompts=sw.n_prompts,
-                   max_new_tokens=(sw.max_new_tokens,), temperatures=sw.temperatures, n_repeats=sw.n_repeats,
-                   device=prof.device, profile=prof.name)
-    fields_.update(overrides)
-    return SweepPlan(**fields_)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,65 +311,6 @@ def _warm_up(pair: BenchPair, todo: list[BenchmarkConfig], by_id: dict) -> None:
         seen.add(cfg.method)
         short = BenchmarkConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(4, cfg.max_new_tokens)})
         run_config(pair, short, by_id[cfg.prompt_id])
-
-
-# --------------------------------------------------------------------------------------------
-# The cost side without weights: time forward passes of random-weight models
-# --------------------------------------------------------------------------------------------
-
-
-def measure_step_costs(model, n_tokens=(1, 2, 3, 5, 9), context_len: int = 128, repeats: int = 5,
-                       warmup: int = 2, seed: int = 0) -> "pd.DataFrame":
-    """Median seconds of one forward pass scoring ``n`` new tokens after a cached context of
-    ``context_len`` tokens, for each ``n`` in ``n_tokens`` (n = 1 is a decode step; n = K+1 a
-    verification), timed by :mod:`specdec.steptime` (the cache is rolled back after every pass,
-    so each sees the same context). Columns: ``n_tokens``, ``seconds``, ``relative`` (to n = 1
-    if measured)."""
-    import pandas as pd
-
-    from .steptime import time_forwards
-
-    if context_len < 1 or not n_tokens or min(n_tokens) < 1:
-        raise ValueError("need context_len >= 1 and n_tokens >= 1")
-    seconds = time_forwards(model, list(n_tokens), context_len, repeats, warmup, seed, "step costs")["model"]
-    out = pd.DataFrame([{"n_tokens": n, "seconds": float(np.median(seconds[n]))} for n in n_tokens])
-    one = out.loc[out.n_tokens == 1, "seconds"]
-    out["relative"] = out.seconds / one.iloc[0] if len(one) else np.nan
-    return out
-
-
-def layer_extrapolated_costs(key: str, layer_counts=(1, 2), n_tokens=(1, 2, 3, 5, 9), context_len: int = 128,
-                             repeats: int = 5, dtype=torch.float32, device: str = "cpu") -> "pd.DataFrame":
-    """Forward-pass time of random-weight model ``key`` at its full depth, extrapolated from
-    shallower copies: the time is fitted as ``a + b * layers`` (embeddings and output head plus
-    identical decoder layers) by least squares over ``layer_counts`` and evaluated at the real
-    layer count. Columns as :func:`measure_step_costs`, plus ``layers`` and ``extrapolated``
-    (True) -- label the numbers as extrapolated wherever they are shown."""
-    import pandas as pd
-
-    from .registry import model_config
-    from .synthetic import random_model
-
-    if len(set(layer_counts)) < 2:
-        raise ValueError("need at least two different layer counts to fit a + b * layers")
-    full = model_config(key).get_text_config(decoder=True).num_hidden_layers
-    measured = []
-    for L in layer_counts:
-        m = random_model(key, dtype=dtype, device=device, num_layers=L)
-        t = measure_step_costs(m, n_tokens, context_len, repeats)
-        t["layers"] = L
-        measured.append(t)
-        del m
-    meas = pd.concat(measured)
-    rows = []
-    for n, g in meas.groupby("n_tokens"):
-        b, a = np.polyfit(g.layers.to_numpy(float), g.seconds.to_numpy(), 1)
-        rows.append({"n_tokens": n, "seconds": a + b * full})
-    out = pd.DataFrame(rows)
-    out["relative"] = out.seconds / out.loc[out.n_tokens == 1, "seconds"].iloc[0] if 1 in set(out.n_tokens) else np.nan
-    out["layers"] = full
-    out["extrapolated"] = True
-    return out
 
 
 # --------------------------------------------------------------------------------------------

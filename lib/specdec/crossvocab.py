@@ -26,26 +26,26 @@ the acceptance rate, never change the output distribution, since the target veri
 
 Tokens are compared by their *bytes*: byte-level BPE marks a leading space as ``Ġ`` and
 maps every byte to a printable character, SentencePiece marks it as ``▁`` and spells
-unknown bytes as ``<0xHH>``. :class:`TokenCodec` undoes both conventions, so ``Ġthe``
-and ``▁the`` both become ``b" the"``.
+unknown bytes as ``<0xHH>``. :class:`specdec.vocabs.TokenCodec` undoes both conventions, so
+``Ġthe`` and ``▁the`` both become ``b" the"``.
 
-For offline experiments the module also trains small byte-level BPE tokenizers on the
-book's prompt texts (:func:`train_bpe_tokenizer`; the committed ones are in
-``data/crossvocab``) and builds a *teacher-derived* synthetic draft over another
-vocabulary (:class:`TeacherDraftLM`) whose agreement with a random target is meaningful.
+For offline experiments small byte-level BPE tokenizers trained on the book's prompt texts
+(:mod:`specdec.vocabs`; the committed ones are in ``data/crossvocab``, rebuilt by
+``python -m specdec.crossvocab``) and a *teacher-derived* synthetic draft over another
+vocabulary (:class:`specdec.synthetic.TeacherDraftLM`), whose agreement with a random target is
+meaningful, are importable from here too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .cache import CachedLM
+from .synthetic import TeacherDraftLM  # noqa: F401  (the chapter builds its synthetic draft as cv.TeacherDraftLM)
 from .sampling import (  # noqa: F401  first_tokens and goodness_of_fit: the chapter calls them as cv.*
     SamplingParams,
     acceptance_probability,
@@ -54,6 +54,8 @@ from .sampling import (  # noqa: F401  first_tokens and goodness_of_fit: the cha
     probs_from_logits,
     sample,
 )
+from .vocabs import (TOKENIZERS, TokenCodec, data_dir, load_hub_tokenizer, load_tokenizer,  # noqa: F401
+                     train_bpe_tokenizer, train_sentencepiece_style_tokenizer)
 
 __all__ = [
     "TokenCodec",
@@ -71,173 +73,6 @@ __all__ = [
     "first_tokens",
     "goodness_of_fit",
 ]
-
-# --------------------------------------------------------------------------------------------
-# Tokens as bytes
-# --------------------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: every byte as a printable character (the alphabet of byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
-_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-_SPACE_MARK = "\u2581"  # SentencePiece's "▁"
-
-
-def _backend(tokenizer):
-    """The ``tokenizers.Tokenizer`` behind a transformers tokenizer (or the object itself)."""
-    from tokenizers import Tokenizer
-
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ValueError(
-            f"{type(tokenizer).__name__} has no fast (Rust) tokenizer behind it; load it with "
-            "AutoTokenizer.from_pretrained(..., use_fast=True) or pass a tokenizers.Tokenizer"
-        )
-    return backend
-
-
-def _decoder_types(spec) -> list[dict]:
-    if not spec:
-        return []
-    if spec.get("type") == "Sequence":
-        return [d for sub in spec.get("decoders", []) for d in _decoder_types(sub)]
-    return [spec]
-
-
-class TokenCodec:
-    """What each token id of one tokenizer means as text: bytes, and back.
-
-    ``vocab_size`` is the number of rows of the model's output layer, which may exceed the
-    tokenizer's size (Phi-3-mini: 32,064 logits for 32,011 tokens); ids without a token get
-    no key. ``keys[i]`` is the token's bytes, the string ``"special:<content>"`` for a
-    special token (matched between tokenizers by name, never part of the text), or ``None``.
-    """
-
-    def __init__(self, tokenizer, vocab_size: int | None = None, name: str = "tokenizer"):
-        self.backend = _backend(tokenizer)
-        self.name = name
-        spec = json.loads(self.backend.to_str())
-        kinds = [d.get("type") for d in _decoder_types(spec.get("decoder"))]
-        if "ByteLevel" in kinds:
-            self.style = "byte-level"
-        elif "Metaspace" in kinds or any(
-            d.get("type") == "Replace" and _SPACE_MARK in json.dumps(d.get("pattern"), ensure_ascii=False) for d in _decoder_types(spec.get("decoder"))
-        ):
-            self.style = "sentencepiece"
-        else:
-            self.style = "plain"
-        self.byte_fallback = "ByteFallback" in kinds
-        self._metaspace_split = (spec.get("pre_tokenizer") or {}).get("type") == "Metaspace"
-        n_tok = self.backend.get_vocab_size(with_added_tokens=True)
-        vocab = self.backend.get_vocab(with_added_tokens=True)
-        n_ids = max(vocab.values()) + 1
-        self.vocab_size = n_ids if vocab_size is None else int(vocab_size)
-        if self.vocab_size < n_ids:
-            raise ValueError(
-                f"{name}: the model scores {self.vocab_size:,} tokens but the tokenizer has ids up to "
-                f"{n_ids - 1:,} ({n_tok:,} tokens); pass the model's vocabulary size (its logits' last dimension)"
-            )
-        added = self.backend.get_added_tokens_decoder()
-        self.keys: list[bytes | str | None] = [None] * self.vocab_size
-        fallback_ids = set()
-        for token, i in vocab.items():
-            if i in added and added[i].special:
-                self.keys[i] = f"special:{added[i].content}"
-            elif i in added:
-                self.keys[i] = added[i].content.encode("utf-8")
-            else:
-                self.keys[i] = self._token_to_bytes(token)
-                if self.style == "sentencepiece" and _BYTE_FALLBACK.match(token):
-                    fallback_ids.add(i)
-        # One canonical id per key: the lowest, except that a regular token beats a byte-fallback
-        # token spelling the same byte (SentencePiece has both "▁" and "<0x20>").
-        self.key_to_id: dict[bytes | str, int] = {}
-        for i, key in enumerate(self.keys):
-            if key is None:
-                continue
-            j = self.key_to_id.get(key)
-            if j is None or (j in fallback_ids and i not in fallback_ids):
-                self.key_to_id[key] = i
-        self.byte_ids = {k[0]: i for k, i in self.key_to_id.items() if isinstance(k, bytes) and len(k) == 1}
-        probe = "Hello, world!  x = 1\n"
-        if self.decode_bytes(self.encode_text(probe)) != probe.encode():
-            raise ValueError(
-                f"{name}: cannot re-tokenise text faithfully with this tokenizer (it adds or drops characters, "
-                "e.g. a prefix space); cross-vocabulary drafting needs a byte-level BPE or SentencePiece-style "
-                "tokenizer that round-trips text"
-            )
-
-    def _token_to_bytes(self, token: str) -> bytes:
-        if self.style == "byte-level":
-            if all(c in _BYTE_DECODER for c in token):
-                return bytes(_BYTE_DECODER[c] for c in token)
-            return token.encode("utf-8")
-        if self.style == "sentencepiece":
-            m = _BYTE_FALLBACK.match(token)
-            if m and self.byte_fallback:
-                return bytes([int(m.group(1), 16)])
-            return token.replace(_SPACE_MARK, " ").encode("utf-8")
-        return token.encode("utf-8")
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    @property
-    def n_tokens(self) -> int:
-        """Canonical tokens (distinct keys): what an overlap is counted over."""
-        return len(self.key_to_id)
-
-    def token_bytes(self, i: int) -> bytes:
-        """The text bytes of token ``i`` (empty for a special token)."""
-        key = self.keys[i]
-        return key if isinstance(key, bytes) else b""
-
-    def decode_bytes(self, ids) -> bytes:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        return b"".join(self.token_bytes(int(i)) for i in ids)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a piece of text, as it stands (no special tokens, no dummy prefix space)."""
-        if not text:
-            return []
-        if self.style == "sentencepiece":
-            # Skip the normaliser, whose job includes prepending a space to the whole text:
-            # a piece of text in the middle of a sequence must not get one.
-            s = text.replace(" ", _SPACE_MARK)
-            pieces = [p for p in re.split(f"(?={_SPACE_MARK})", s) if p] if self._metaspace_split else [s]
-            return [t.id for p in pieces for t in self.backend.model.tokenize(p)]
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Token ids for raw bytes: valid UTF-8 as text, any other byte as its single-byte token."""
-        out: list[int] = []
-        while data:
-            try:
-                out += self.encode_text(data.decode("utf-8"))
-                break
-            except UnicodeDecodeError as err:
-                out += self.encode_text(data[: err.start].decode("utf-8"))
-                bad = data[err.start]
-                if bad not in self.byte_ids:
-                    raise ValueError(f"{self.name} has no token for the byte 0x{bad:02x}") from None
-                out.append(self.byte_ids[bad])
-                data = data[err.start + 1 :]
-        return out
-
 
 # --------------------------------------------------------------------------------------------
 # The intersection of two vocabularies
@@ -501,54 +336,6 @@ class StringMatchDrafter(_CrossVocabDrafter):
 
 
 # --------------------------------------------------------------------------------------------
-# A synthetic draft over another vocabulary, derived from the target
-# --------------------------------------------------------------------------------------------
-
-
-class TeacherDraftLM:
-    """A draft "model" over the draft's vocabulary whose guesses come from the target.
-
-    Asked for the next draft token after a draft-token context, it decodes the context to
-    text, tokenises it for the target, takes the target's next-token distribution ``p``, and
-    pushes it to the draft's vocabulary: each target token's mass goes to the first draft
-    token of that token's text (what a draft modelling the same text would put there).
-    Gaussian noise of standard deviation ``noise`` on the log-probabilities, fixed per
-    context, makes it an imperfect draft. It runs the target without a cache, so it is a
-    tool for measuring acceptance, not for speed.
-    """
-
-    def __init__(self, target, draft_codec: TokenCodec, target_codec: TokenCodec, noise: float = 1.0, seed: int = 0):
-        if not noise >= 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
-        self.target, self.draft_codec, self.target_codec = target, draft_codec, target_codec
-        self.noise, self.seed = float(noise), int(seed)
-        first = torch.full((target_codec.vocab_size,), -1, dtype=torch.long)
-        for t in range(target_codec.vocab_size):
-            data = target_codec.token_bytes(t)
-            if data:
-                first[t] = draft_codec.encode_bytes(data)[0]
-        self.first_draft_token = first
-        self.vocab_size = draft_codec.vocab_size
-
-    def reset(self) -> None:
-        pass
-
-    @torch.inference_mode()
-    def logits(self, seq: torch.Tensor, n_last: int = 1) -> torch.Tensor:
-        if n_last != 1:
-            raise ValueError("TeacherDraftLM scores one position at a time (n_last=1)")
-        ids = self.target_codec.encode_bytes(self.draft_codec.decode_bytes(seq))
-        if not ids:
-            raise ValueError("the context has no text for the target to read")
-        device = next(self.target.parameters()).device
-        p = self.target(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().softmax(-1).cpu()
-        valid = self.first_draft_token >= 0
-        push = torch.zeros(self.vocab_size).index_add_(0, self.first_draft_token[valid], p[valid])
-        g = torch.Generator().manual_seed((hash(tuple(seq.tolist())) ^ self.seed) & 0x7FFFFFFF)
-        return (torch.log(push + 1e-9) + self.noise * torch.randn(self.vocab_size, generator=g))[None]
-
-
-# --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
 
@@ -574,117 +361,6 @@ def tli_acceptance(target, drafter: TLIDrafter, seqs, start: int, params: Sampli
             alphas.append(float(acceptance_probability(p, q)))
             bounds.append(float(drafter.mapping.target_mass(p)))
     return {"alpha": np.array(alphas), "bound": np.array(bounds)}
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenizers: trained offline ones, and the hub's
-# --------------------------------------------------------------------------------------------
-
-#: The committed tokenizers of ``data/crossvocab``: name -> (prompt domains trained on, vocabulary size, style).
-TOKENIZERS: dict[str, tuple[tuple[str, ...], int, str]] = {
-    "target-1000": (("code", "conversation", "summarisation"), 1000, "byte-level"),
-    "draft-600": (("code", "conversation", "summarisation"), 600, "byte-level"),
-    "draft-600-prose": (("summarisation",), 600, "byte-level"),
-    "draft-600-chat": (("conversation",), 600, "byte-level"),
-    "draft-600-code": (("code",), 600, "byte-level"),
-    "draft-600-sp": (("code", "conversation", "summarisation"), 600, "sentencepiece"),
-}
-
-_SPECIAL = "<|endoftext|>"
-
-
-def data_dir() -> Path:
-    """``data/crossvocab`` in the book's repository."""
-    return Path(__file__).resolve().parents[2] / "data" / "crossvocab"
-
-
-def train_bpe_tokenizer(texts, vocab_size: int, special_tokens=(_SPECIAL,)):
-    """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``texts``: a ``tokenizers.Tokenizer``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if vocab_size < 256 + len(special_tokens):
-        raise ValueError(f"a byte-level vocabulary needs at least {256 + len(special_tokens)} tokens, got {vocab_size}")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    return tok
-
-
-def train_sentencepiece_style_tokenizer(texts, vocab_size: int):
-    """A Llama-2-style tokenizer trained on ``texts``: BPE over characters with ``▁`` for a
-    space, the 256 ``<0xHH>`` byte-fallback tokens, and ``<unk>``, ``<s>``, ``</s>`` first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<unk>", "<s>", "</s>"]
-    n_fixed = len(specials) + 256
-    if vocab_size <= n_fixed + 100:
-        raise ValueError(f"vocab_size must exceed {n_fixed + 100} (specials, byte tokens and some merges), got {vocab_size}")
-    texts = list(texts)
-    chars = sorted({c for t in texts for c in t.replace(" ", _SPACE_MARK)})
-    tmp = Tokenizer(models.BPE())
-    tmp.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE_MARK, prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_fixed, initial_alphabet=chars, show_progress=False, limit_alphabet=len(chars))
-    tmp.train_from_iterator(texts, trainer)
-    spec = json.loads(tmp.to_str())
-    learned = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    vocab = {s: i for i, s in enumerate(specials)}
-    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
-    for token, _ in learned:
-        vocab.setdefault(token, len(vocab))
-    spec["model"].update(vocab=vocab, byte_fallback=True, unk_token="<unk>", fuse_unk=True)
-    spec["added_tokens"] = [
-        {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-        for i, s in enumerate(specials)
-    ]
-    spec["decoder"] = {
-        "type": "Sequence",
-        "decoders": [
-            {"type": "Replace", "pattern": {"String": _SPACE_MARK}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-        ],
-    }
-    return Tokenizer.from_str(json.dumps(spec))
-
-
-def load_tokenizer(name: str):
-    """A committed tokenizer of ``data/crossvocab`` (see :data:`TOKENIZERS`), as a ``tokenizers.Tokenizer``."""
-    from tokenizers import Tokenizer
-
-    if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; the committed ones are: {', '.join(TOKENIZERS)}")
-    path = data_dir() / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; rebuild the tokenizers with `python -m specdec.crossvocab`")
-    return Tokenizer.from_file(str(path))
-
-
-def load_hub_tokenizer(spec):
-    """The tokenizer of a registered model (a :class:`specdec.registry.ModelSpec`), from the hub's
-    cache, or :class:`~specdec.registry.ModelUnavailableError` saying how to get it."""
-    from .loaders import how_to_get, load_smollm2_tokenizer
-    from .registry import ModelUnavailableError
-
-    if spec.source != "hub":
-        return load_smollm2_tokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(spec.hub_id)
-    except (OSError, ValueError, ImportError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(
-            f"cannot load the tokenizer of {spec.label} ({spec.hub_id}): it is not in the local Hugging Face "
-            f"cache and the hub cannot be reached. To get it: {how_to_get(spec)}. (The loader said: {reason})"
-        ) from None
 
 
 def _training_texts(domains) -> list[str]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .crossvocab import StringMatchDrafter, TLIDrafter, TokenCodec, VocabMapping, load_hub_tokenizer
+from .crossvocab import StringMatchDrafter, TLIDrafter, VocabMapping
+from .vocabs import TokenCodec, load_hub_tokenizer
 from .drafters import ModelDrafter, NGramDrafter
 from .eagle import EagleDrafter, load_book_head
 from .fastpath import PLAIN, choose_path, prepare

@@ -28,6 +28,7 @@ from .checks import require_int
 from .registry import model_config
 
 __all__ = [
+    "TeacherDraftLM",
     "first_layers_copy",
     "random_model",
     "synthetic_pair",
@@ -364,3 +365,50 @@ def calibrate_synthetic(
         else:
             hi = mid
     return SyntheticCalibration(target_alpha, best[0], best[1], params.greedy, dict(pair_kwargs))
+
+
+# -- a synthetic draft over another vocabulary, derived from the target (chapter 8) ----------
+
+
+class TeacherDraftLM:
+    """A draft "model" over the draft's vocabulary whose guesses come from the target.
+
+    Asked for the next draft token after a draft-token context, it decodes the context to
+    text, tokenises it for the target, takes the target's next-token distribution ``p``, and
+    pushes it to the draft's vocabulary: each target token's mass goes to the first draft
+    token of that token's text (what a draft modelling the same text would put there).
+    Gaussian noise of standard deviation ``noise`` on the log-probabilities, fixed per
+    context, makes it an imperfect draft. It runs the target without a cache, so it is a
+    tool for measuring acceptance, not for speed. The codecs are
+    :class:`specdec.crossvocab.TokenCodec` (chapter 8).
+    """
+
+    def __init__(self, target, draft_codec, target_codec, noise: float = 1.0, seed: int = 0):
+        if not noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.target, self.draft_codec, self.target_codec = target, draft_codec, target_codec
+        self.noise, self.seed = float(noise), int(seed)
+        first = torch.full((target_codec.vocab_size,), -1, dtype=torch.long)
+        for t in range(target_codec.vocab_size):
+            data = target_codec.token_bytes(t)
+            if data:
+                first[t] = draft_codec.encode_bytes(data)[0]
+        self.first_draft_token = first
+        self.vocab_size = draft_codec.vocab_size
+
+    def reset(self) -> None:
+        pass
+
+    @torch.inference_mode()
+    def logits(self, seq: torch.Tensor, n_last: int = 1) -> torch.Tensor:
+        if n_last != 1:
+            raise ValueError("TeacherDraftLM scores one position at a time (n_last=1)")
+        ids = self.target_codec.encode_bytes(self.draft_codec.decode_bytes(seq))
+        if not ids:
+            raise ValueError("the context has no text for the target to read")
+        device = next(self.target.parameters()).device
+        p = self.target(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().softmax(-1).cpu()
+        valid = self.first_draft_token >= 0
+        push = torch.zeros(self.vocab_size).index_add_(0, self.first_draft_token[valid], p[valid])
+        g = torch.Generator().manual_seed((hash(tuple(seq.tolist())) ^ self.seed) & 0x7FFFFFFF)
+        return (torch.log(push + 1e-9) + self.noise * torch.randn(self.vocab_size, generator=g))[None]

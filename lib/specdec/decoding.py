@@ -27,7 +27,7 @@ from .metrics import GenerationResult
 from .profiling import PhaseTimer
 from .sampling import GREEDY, SamplingParams, next_token, probs_from_logits, verify, verify_greedy
 
-__all__ = ["autoregressive_generate", "speculative_generate", "start_speculation"]
+__all__ = ["autoregressive_generate", "speculative_generate", "start_speculation", "Generation"]
 
 
 def autoregressive_generate(
@@ -42,7 +42,8 @@ def autoregressive_generate(
     memory: bool = False,
 ) -> GenerationResult:
     """Generate one token per target forward pass; the baseline every speedup is measured against."""
-    run = _Run(model, prompt_ids, max_new_tokens, stop_ids, seed, progress, "autoregressive", cache, memory)
+    run = Generation(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, seed=seed, progress=progress,
+                     method="autoregressive", cache=cache, memory=memory)
     if run.done:
         return run.result()
     logits = run.prefill()
@@ -79,8 +80,8 @@ def speculative_generate(
     (:meth:`specdec.cache.CachedLM.features`).
     """
     require_int("k (tokens drafted per round)", k, 1)
-    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress,
-                            "speculative", cache, memory)
+    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params=params, stop_ids=stop_ids, seed=seed,
+                            progress=progress, method="speculative", cache=cache, memory=memory)
     run.meta.update(k=k)
     device = run.target.device
     while not run.done:
@@ -101,20 +102,19 @@ def speculative_generate(
                 n, nxt = verify(p, q.to(device), draft, run.generator)
             n, nxt, *drafted = torch.cat([n.view(1), nxt.view(1), draft]).tolist()  # the one wait
         run.target.crop(len(run.seq) + n)  # roll back past the rejected draft tokens
-        run.rounds.append((len(drafted), n))
-        run.proposals.append(drafted)
-        run.emit(drafted[:n] + [nxt])
-        run.round_latencies.append(run.timer.now() - t_round)
+        run.record_round(drafted, n, nxt, t_round)
     return run.result()
 
 
-def start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress, method, cache,
-                      memory=False) -> "_Run":
+def start_speculation(target, drafter, prompt_ids, max_new_tokens: int, *, params: SamplingParams = GREEDY,
+                      stop_ids=frozenset(), seed: int = 0, progress: bool = False, method: str = "speculative",
+                      cache: str = "preallocated", memory: bool = False) -> "Generation":
     """The start every speculative loop shares (chains here, trees in :mod:`specdec.trees`): the
-    run's book-keeping, the drafter reset (and bound to the target's cache when it reads its
-    features), the prefill and the first token. Returns the run; it may already be done."""
-    run = _Run(target, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory,
-               feature_layers=getattr(drafter, "feature_layers", ()))
+    :class:`Generation`, the drafter reset (and bound to the target's cache when it reads its
+    features), the prefill and the first token. Returns the generation; it may already be done."""
+    run = Generation(target, prompt_ids, max_new_tokens, stop_ids=stop_ids, seed=seed, progress=progress,
+                     method=method, cache=cache, memory=memory,
+                     feature_layers=getattr(drafter, "feature_layers", ()))
     run.meta.update(drafter=getattr(drafter, "name", type(drafter).__name__))
     drafter.reset()
     if run.target.feature_layers:  # a drafter that reads the target's hidden states
@@ -126,15 +126,21 @@ def start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_
     return run
 
 
-class _Run:
-    """Book-keeping shared by both loops: validation, emitted tokens, stop tokens, timings.
+class Generation:
+    """One generation in progress, shared by every loop (autoregressive, chain, tree).
 
-    The text so far, ``seq``, is a list of token ids on the host: appending is O(1), and the
-    stop-token check and the caches' prefix bookkeeping need the ids there anyway.
+    It holds the target's cache (``target``, a :class:`specdec.cache.CachedLM`), the text so far
+    (``seq``, a list of token ids on the host: appending is O(1), and the stop-token check and
+    the caches' prefix bookkeeping need the ids there anyway), the random generator, the phase
+    timer and what each round drafted and kept. A loop calls :meth:`prefill` once, then per
+    round drafts, verifies, rolls the cache back and books the round with :meth:`record_round`
+    (or, without a draft, :meth:`emit`), until :attr:`done`; :meth:`result` gives the
+    :class:`specdec.metrics.GenerationResult`.
     """
 
-    def __init__(self, model, prompt_ids, max_new_tokens, stop_ids, seed, progress, method, cache, memory,
-                 feature_layers=()):
+    def __init__(self, model, prompt_ids, max_new_tokens: int, *, stop_ids=frozenset(), seed: int = 0,
+                 progress: bool = False, method: str = "autoregressive", cache: str = "preallocated",
+                 memory: bool = False, feature_layers=()):
         prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long).cpu()
         if prompt_ids.ndim == 2 and prompt_ids.shape[0] == 1:
             prompt_ids = prompt_ids[0]
@@ -181,6 +187,18 @@ class _Run:
     def prefill(self) -> torch.Tensor:
         with self.timer.phase("prefill"):
             return self.target.logits(self.seq, n_last=1)[0]
+
+    def record_round(self, proposed: list[int], n_accepted: int, next_token: int, started: float,
+                     n_drafted: int | None = None) -> None:
+        """Book one speculative round that began at ``started`` (``timer.now()``): the drafted
+        tokens on the verified path (``proposed``; a chain's whole draft), how many of them were
+        accepted, and the token the target added; emits ``proposed[:n_accepted] + [next_token]``.
+        ``n_drafted`` counts the tokens drafted when more were scored than ``proposed`` holds (a
+        tree's size)."""
+        self.rounds.append((len(proposed) if n_drafted is None else n_drafted, n_accepted))
+        self.proposals.append(list(proposed))
+        self.emit(list(proposed[:n_accepted]) + [next_token])
+        self.round_latencies.append(self.timer.now() - started)
 
     def emit(self, tokens: list[int]) -> None:
         """Append tokens, cutting at max_new_tokens and after the first stop token."""

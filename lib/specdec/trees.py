@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import torch
 
+from .decoding import start_speculation
+from .sampling import GREEDY, probs_from_logits
+
 # the tree's structure, mask and growth live below the cache, which runs tree passes; the planner
 # lives with the law it applies; both are importable from here, the chapter's module
 from .theory import best_tree, plan_shape  # noqa: F401
@@ -122,12 +125,10 @@ def tree_generate(target, drafter, prompt_ids, max_new_tokens: int, params=None,
     path (:meth:`specdec.cache.CachedLM.keep_path`). ``tree_options`` go to ``propose_tree``.
     Returns a :class:`specdec.metrics.GenerationResult` (a round's "drafted" count is the tree's
     size)."""
-    from .decoding import start_speculation
-    from .sampling import GREEDY, probs_from_logits
 
     params = GREEDY if params is None else params
-    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params, stop_ids, seed, progress, "tree",
-                            cache)
+    run = start_speculation(target, drafter, prompt_ids, max_new_tokens, params=params, stop_ids=stop_ids, seed=seed,
+                            progress=progress, method="tree", cache=cache)
     run.meta.update(tree=dict(tree_options))
     while not run.done:
         t_round = run.timer.now()
@@ -146,10 +147,7 @@ def tree_generate(target, drafter, prompt_ids, max_new_tokens: int, params=None,
                 path, nxt = verify_tree(p, None if q is None else q.to(p.device), tree, run.generator,
                                         replacement=False)
         run.target.keep_path(len(run.seq), path)
-        run.rounds.append((len(tree), len(path)))
-        run.proposals.append([tree.tokens[i] for i in path])
-        run.emit([tree.tokens[i] for i in path] + [nxt])
-        run.round_latencies.append(run.timer.now() - t_round)
+        run.record_round([tree.tokens[i] for i in path], len(path), nxt, t_round, n_drafted=len(tree))
     return run.result()
 
 

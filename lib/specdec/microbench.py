@@ -15,7 +15,6 @@ what the machine does:
 from __future__ import annotations
 
 import statistics
-from numbers import Integral
 
 import numpy as np
 import torch
@@ -217,8 +216,7 @@ def measure_pass_breakdown(model, ks=(1, 2, 4, 8, 16), context: int = 128, repea
     from .profiling import time_interleaved
 
     ks = sorted({require_int("k", k, 1) for k in ks} | {1})
-    if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
-        raise ValueError(f"context must be a non-negative integer, got {context!r}")
+    require_int("context", context, 0)
     _check_summary(summary)
     if not hasattr(model, "config") or not callable(model):
         raise TypeError(f"expected a transformers causal LM, got {type(model).__name__}")

@@ -11,20 +11,20 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from .crossvocab import StringMatchDrafter, TLIDrafter, VocabMapping
-from .vocabs import TokenCodec, load_hub_tokenizer
 from .drafters import ModelDrafter, NGramDrafter
 from .eagle import EagleDrafter, load_book_head
 from .fastpath import PLAIN, choose_path, prepare
 from .loaders import load_pair
+from .profiling import torch_threads
 from .prompts import stop_token_ids
 from .registry import get_pair
 from .synthetic import synthetic_pair
+from .vocabs import TokenCodec, load_hub_tokenizer
 
 __all__ = ["BenchPair", "load_bench_pair", "load_cross_vocab_pair", "synthetic_pair_name", "parse_synthetic",
            "HF_PEER"]
@@ -173,13 +173,6 @@ def load_cross_vocab_pair(name: str, device: str = "cpu"):
                      kind="crossvocab", draft_codec=draft_codec, target_codec=target_codec, mapping=mapping)
 
 
-@contextlib.contextmanager
 def _threads(one: bool):
-    """One CPU thread inside the block when ``one`` (tiny models), the previous count after it."""
-    n = torch.get_num_threads()
-    if one:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    """One CPU thread inside the block when ``one`` (tiny models) (:func:`specdec.profiling.torch_threads`)."""
+    return torch_threads(1 if one else None)

@@ -43,7 +43,23 @@ __all__ = [
     "TimingSummary",
     "summarize",
     "paired_ratios",
+    "torch_threads",
 ]
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's CPU thread count set to ``n`` inside the block (unchanged when ``n`` is None),
+    restored after it. Tiny models run on one thread: their matrices are too small to gain from
+    more, a busy machine makes extra threads wait on each other, and one thread makes the sums
+    bit-reproducible."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def memory_bytes(device: torch.device | str = "cpu") -> int:

@@ -73,7 +73,9 @@ class HubUnavailableError(ConnectionError):
 
 def prompts_dir() -> Path:
     """The folder holding the committed prompt files (``data/prompts``)."""
-    return Path(__file__).resolve().parents[2] / "data" / "prompts"
+    from .provenance import repo_root
+
+    return repo_root() / "data" / "prompts"
 
 
 def prompt_file(domain: str) -> Path:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -233,8 +233,7 @@ def decode_step_cost(config, n_tokens: int = 1, context: int = 0, bytes_per_para
     for 4-bit), ``kv_bytes`` that of one cached key or value element.
     """
     n = require_int("n_tokens", n_tokens, 1)
-    if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
-        raise ValueError(f"context must be a non-negative integer (tokens already in the KV cache), got {context!r}")
+    require_int("context (tokens already in the KV cache)", context, 0)
     bpp = _check_bytes("bytes_per_param", bytes_per_param)
     kvb = _check_bytes("kv_bytes", kv_bytes)
     s = model_shape(config)

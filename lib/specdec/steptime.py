@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 
@@ -55,10 +54,8 @@ def time_forwards(models, ns, context: int, repeats: int = 5, warmup: int = 1, s
         models = {"model": models}
     ns = [require_int("number of tokens", n, 1) for n in ns]
     repeats = require_int("repeats", repeats, 1)
-    if isinstance(context, bool) or not isinstance(context, Integral) or context < 0:
-        raise ValueError(f"context must be a non-negative integer, got {context!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, Integral) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    require_int("context", context, 0)
+    require_int("warmup", warmup, 0)
     fns, device = {}, None
     g = torch.Generator().manual_seed(seed)
     for name, model in models.items():

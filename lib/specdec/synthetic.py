@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checks import require_int
+from .profiling import torch_threads
 from .registry import model_config
 
 __all__ = [
@@ -238,16 +239,9 @@ def _late_projections(target, draft_layers: int) -> list[torch.Tensor]:
     ]
 
 
-@contextlib.contextmanager
 def _one_thread():
-    """Run tiny models on one CPU thread: their matrices are too small to gain from more, a busy
-    machine makes extra threads wait on each other, and one thread makes the sums bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    """Tiny models run on one CPU thread (:func:`specdec.profiling.torch_threads`)."""
+    return torch_threads(1)
 
 
 @torch.no_grad()

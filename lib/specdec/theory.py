@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import require_int
+
 __all__ = [
     "expected_tokens",
     "speedup",
@@ -115,8 +117,7 @@ def best_k(alpha, c, k_max: int = 128):
     (``0`` when ``alpha = 0``, where every ``K`` gives the same speedup).
     """
     a, cc = _check_alpha(alpha), _check_c(c)
-    if not (isinstance(k_max, (int, np.integer)) and not isinstance(k_max, bool) and k_max >= 0):
-        raise ValueError(f"k_max must be an integer >= 0, got {k_max!r}")
+    require_int("k_max", k_max, 0)
     a, cc = np.broadcast_arrays(a, cc)
     ks = np.arange(k_max + 2)  # one beyond k_max, to see whether the peak lies further out
     s = _expected_tokens(a[..., None], ks) / (cc[..., None] * ks + 1)
@@ -160,8 +161,7 @@ def simulate_tokens_per_round(alpha: float, k: int, n_rounds: int, rng=None) -> 
     kk = _check_k(k)
     if a.ndim or kk.ndim:
         raise ValueError("simulate_tokens_per_round takes one alpha and one k; loop over several")
-    if not (isinstance(n_rounds, (int, np.integer)) and not isinstance(n_rounds, bool) and n_rounds >= 1):
-        raise ValueError(f"n_rounds must be an integer >= 1, got {n_rounds!r}")
+    require_int("n_rounds", n_rounds, 1)
     rng = np.random.default_rng(rng)
     accepted = rng.random((int(n_rounds), int(kk))) < float(a)
     prefix = np.cumprod(accepted, axis=1).sum(axis=1)

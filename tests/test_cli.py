@@ -108,11 +108,11 @@ def test_python_m_specdec_entry_point_refuses_bad_input():
 
 
 def test_defaults_parse():
-    from specdec.__main__ import DEFAULT_PROMPT, build_parser
+    from specdec.__main__ import DEFAULT_DRAFTER, DEFAULT_PROMPT, build_parser
 
     args = build_parser().parse_args([])
     assert (args.k, args.max_new_tokens, args.drafter, args.prompt, args.threads) == (
-        4, 64, "ngram", DEFAULT_PROMPT, 1)
+        4, 64, DEFAULT_DRAFTER, DEFAULT_PROMPT, None)
     args = build_parser().parse_args(["-k", " 8 ", "--drafter", "nf4", "--prompt", " hello "])
     assert (args.k, args.drafter, args.prompt) == (8, "nf4", " hello ")
 

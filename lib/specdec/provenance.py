@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 __all__ = ["repo_root", "repo_relative", "cpu_name", "git_commit", "provenance", "load_average", "require_quiet",
            "BusyMachineError", "BUSY_LOAD_PER_CORE", "wait_for_quiet", "write_report", "OthersCPU",
@@ -78,6 +77,8 @@ def provenance(command: str | None = None, device: str = "cpu") -> dict:
     """How a run was made: command, device, library versions and the code's commit, date, CPU,
     threads, profile."""
     import importlib.metadata as md
+
+    import torch
 
     def version(pkg):
         try:

@@ -358,3 +358,44 @@ def test_head_chains_and_trees_equal_the_target_on_a_gpu():
     sampled = tree_generate(target, eagle.EagleDrafter(head), prompt, 30, SamplingParams(temperature=1.0), seed=1,
                             depth=3, top_k=2, n_nodes=6)
     assert len(sampled.tokens) == 30
+
+
+def test_sampled_trees_through_the_loop_follow_the_target_and_a_wrong_scheme_fails(monkeypatch):
+    """At T = 1 the first two tokens ``tree_generate`` writes follow the target's own joint
+    distribution p(x1) p(x2 | x1): x2 comes out of a tree's recursive rejection sampling (two
+    levels, two siblings each, drafted by another model). Verifying the siblings against a
+    distribution other than the one they were drawn from (a uniform q: a plausible bug when the
+    draft's distributions are not kept) fails."""
+    from specdec import trees as trees_mod
+    from specdec.drafters import ModelDrafter
+    from specdec.sampling import SamplingParams, goodness_of_fit
+    from specdec.trees import tree_generate
+
+    V = 8
+    target = tiny_llama(n_layers=2, vocab=V, seed=11, init=0.6)
+    draft = tiny_llama(n_layers=1, vocab=V, seed=12, init=0.6)
+    prompt = torch.tensor([2, 5, 3])
+    params = SamplingParams(temperature=1.0)
+    with torch.inference_mode():
+        p1 = target(prompt[None]).logits[0, -1].double().softmax(-1)
+        nxt = torch.stack([torch.cat([prompt, torch.tensor([x])]) for x in range(V)])
+        p2 = target(nxt).logits[:, -1].double().softmax(-1)
+    joint = (p1[:, None] * p2).reshape(-1)
+
+    def pairs(n, seed0):
+        out = []
+        for s in range(n):
+            res = tree_generate(target, ModelDrafter(draft), prompt, 3, params, seed=seed0 + s,
+                                shape=[(0,), (1,), (0, 0), (0, 1)])
+            out.append(res.tokens[0] * V + res.tokens[1])
+        return torch.tensor(out)
+
+    n = 2500
+    assert goodness_of_fit(pairs(n, 0), joint)[1] > 1e-3
+    real = trees_mod.verify_tree
+
+    def against_uniform(p, q, tree, generator=None, replacement=True):
+        return real(p, torch.full_like(q, 1.0 / q.shape[-1]), tree, generator, replacement=replacement)
+
+    monkeypatch.setattr(trees_mod, "verify_tree", against_uniform)
+    assert goodness_of_fit(pairs(n, 10_000), joint)[1] < 1e-6

@@ -373,3 +373,34 @@ def test_generate_runs_on_the_packed_path_and_writes_the_same_text(target):
     prompt = torch.tensor([5, 17, 33, 2])
     theirs = hf_method(packed, "hf_autoregressive", max_new_tokens=12)(prompt)["result"]
     assert theirs.tokens == autoregressive_generate(packed, prompt, 12).tokens
+
+
+def test_ablations_share_data_and_budget_and_report_spread(target):
+    from specdec import headablate
+
+    fused, top = eagle.default_feature_layers(4), (3,)
+    layers = tuple(sorted(set(fused) | set(top)))
+    samples = _samples(target, 24, seed=7, length=20)
+    train_fs = headdata.extract_features(target, samples[:20], layers, progress=False)
+    held_fs = headdata.extract_features(target, samples[20:], layers, progress=False)
+    ref_fs = headdata.extract_features(target, _samples(target, 4, seed=8, length=20), layers, progress=False)
+    d2t = headdata.draft_vocabulary(samples, size=40, always=(1,))
+    vocabs = {eagle.DRAFT_VOCAB: d2t, None: torch.arange(V)}
+    cfg = headtrain.TrainConfig(epochs=2, batch_tokens=256, lr=3e-3, eval_every=5, steps=2, patience=50)
+    v = {1: 1.0, 2: 1.05, 3: 1.1, 9: 1.5}
+    names = ["book's recipe", "one unrolled step", "half the data", "reference text added", "top layer only"]
+    rows = headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, names, repeats=2, reference_fs=ref_fs,
+                             verify_cost=v, fused=fused, top=top, progress=False, context=64)
+    assert [(r["variant"], r["repeat"]) for r in rows] == [(n, i) for n in names for i in range(2)]
+    by = {(r["variant"], r["repeat"]): r for r in rows}
+    recipe = by[("book's recipe", 0)]
+    assert recipe["steps"] == 2 and by[("one unrolled step", 0)]["steps"] == 1
+    assert by[("half the data", 0)]["train_answer_tokens"] < recipe["train_answer_tokens"]
+    assert by[("reference text added", 0)]["train_answer_tokens"] > recipe["train_answer_tokens"]
+    assert by[("top layer only", 0)]["layers"] == [3] and recipe["layers"] == list(fused)
+    assert all(len(r["agree"]) == 2 and 0 <= r["best_k"] <= 2 and r["predicted_speedup"] > 0 for r in rows)
+    summary = headablate.summarise_ablations(rows)
+    assert [s["variant"] for s in summary] == names
+    assert all(s["tau_lo"] <= s["tau"] <= s["tau_hi"] and s["repeats"] == 2 for s in summary)
+    with pytest.raises(ValueError, match="unknown variants"):
+        headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, ["bigger"], progress=False)

@@ -266,9 +266,13 @@ def plan_drafting(rank_acceptance, v: dict, c: float, k_max: int = 8, max_nodes:
     target's token given its parent was; column 0 is the chain's acceptance by position), its
     cost ``c`` per drafted level and this machine's verify cost table ``v`` (``{n: v(n)}``).
 
+    A depth no chain reached in the measurement (NaN) counts as never accepted.
+
     Returns ``{"chain": {k, expected_tokens, cost, speedup}, "tree": {n_nodes, depth, shape,
     expected_tokens, cost, speedup}, "chains": DataFrame, "trees": DataFrame}``."""
     import pandas as pd
+
+    rank_acceptance = [[0.0 if x != x else float(x) for x in row] for row in rank_acceptance]
 
     firsts = [row[0] for row in rank_acceptance]
     chains = pd.DataFrame([dict(k=k, expected_tokens=chain_tokens(firsts, k), cost=verify_cost_at(v, k + 1) + c * k)

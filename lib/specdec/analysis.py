@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from .checks import require_int
-from .metrics import GenerationResult, acceptance_rate, alpha_estimate, read_jsonl, tokens_per_round  # noqa: F401
+from .metrics import (GenerationResult, acceptance_rate, alpha_estimate, cost_ratio, read_jsonl,  # noqa: F401
+                      tokens_per_round)
 from .metrics import speedup as metric_speedup
 from .sampling import SamplingParams
 
@@ -351,7 +352,7 @@ def cost_ratios(df) -> "pd.DataFrame":
             continue
         # the baseline's step is its "decode" phase (files recorded before that name called it "verify")
         t_step = (b.decode_s.fillna(0) + b.verify_s.fillna(0)).sum() / steps
-        c = g.draft_s.sum() / g.draft_steps.sum() / t_step if g.draft_steps.sum() else 0.0
+        c = cost_ratio(g.draft_s.sum(), g.draft_steps.sum(), t_step) if g.draft_steps.sum() else 0.0
         rows.append({"pair": pair, "k": k, "t_step": t_step, "c": c,
                      "verify_cost": g.verify_s.sum() / g.rounds.sum() / t_step,
                      "draft_cost": g.draft_s.sum() / g.rounds.sum() / t_step})
@@ -379,5 +380,7 @@ def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.
     ks = out.k.to_numpy(dtype=np.int64)
     alpha = out.alpha_hat.clip(0, 1).to_numpy()
     out["predicted"] = theory.speedup(alpha, out.c.to_numpy(), ks)
-    out["predicted_verify"] = theory.expected_tokens(alpha, ks) / (out.draft_cost + out.verify_cost)
+    # the round's drafting as measured (draft_cost, in decode steps, is one "step" of depth 1)
+    out["predicted_verify"] = theory.predicted_speedup(theory.expected_tokens(alpha, ks), out.verify_cost.to_numpy(),
+                                                       out.draft_cost.to_numpy(), 1)
     return out

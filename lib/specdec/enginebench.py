@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
-from .metrics import speedup
+from .metrics import acceptance_rate, cost_ratio, speedup
 from .provenance import require_quiet, write_report
 from .sampling import GREEDY, SamplingParams
 
@@ -180,8 +180,9 @@ def summarise_engine(df, step_bound_ms: float | None = None) -> dict:
     out["outside_forward"] = {m: float((g["outside_s"] / g["rounds_s"]).median()) for m, g in spec.groupby("method")}
     d = df[df["method"] == "draft"]
     ar_step = (ar["decode_steps_s"] / (ar["n_new"] - 1)).median()
-    out["draft_cost_ratio"] = float((d["draft_s"] / d["n_drafted"].clip(lower=1)).median() / ar_step)
-    out["draft_acceptance"] = float(d["n_accepted"].sum() / max(1, d["n_drafted"].sum()))
+    out["draft_cost_ratio"] = float(np.median([cost_ratio(s, n, ar_step) for s, n in zip(d["draft_s"], d["n_drafted"])
+                                               if n > 0]))
+    out["draft_acceptance"] = float(acceptance_rate(d["n_drafted"], d["n_accepted"]) or 0.0)
     return out
 
 

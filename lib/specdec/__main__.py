@@ -17,7 +17,13 @@ from .cli import ArgumentParser, choice, nonempty_str, positive_int
 
 #: Each drafter is the draft of a registered pair (:data:`specdec.registry.PAIRS`), loaded as
 #: the benchmark loads it (:func:`specdec.loaders.load_pair`, which bench.load_bench_pair uses).
-PAIR_OF_DRAFTER = {"ngram": "smollm2_ngram", "nf4": "smollm2_nf4", "early": "smollm2_early", "eagle": "smollm2_eagle"}
+def _smollm2_pairs() -> dict[str, str]:
+    from .registry import PAIRS
+
+    return {name.removeprefix("smollm2_"): name for name in PAIRS if name.startswith("smollm2_")}
+
+
+PAIR_OF_DRAFTER = _smollm2_pairs()  # ngram, nf4, early, eagle
 DRAFTERS = tuple(PAIR_OF_DRAFTER)
 FALLBACK = ("ngram", "Write a Python function that checks whether a string is a palindrome.",
             "no committed benchmark found")

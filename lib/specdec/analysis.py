@@ -75,6 +75,9 @@ METHODS = OUR_METHODS + HF_METHODS
 BASELINE = {"speculative": "autoregressive", "autoregressive": "autoregressive",
             "hf_assisted": "hf_autoregressive", "hf_prompt_lookup": "hf_autoregressive",
             "hf_autoregressive": "hf_autoregressive"}
+#: The ``transformers`` method that does what ours does, per kind of drafter (none for the head:
+#: ``generate()`` has no EAGLE drafting).
+HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
 SYNTHETIC_DOMAIN = "random"  # synthetic pairs have no tokenizer: their prompts are random tokens
 #: The phases a generation of our loops is split into: ``decode`` is the autoregressive step,
 #: ``draft``, ``verify`` and ``sample`` a speculative round, ``overhead`` the rest of the wall time.

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .decoding import autoregressive_generate, speculative_generate
 from .drafters import ModelDrafter, NGramDrafter
+from .analysis import BASELINE, HF_PEER
 from .metrics import acceptance_rate, cost_ratio, speedup
 from .provenance import require_quiet, write_report
 from .sampling import GREEDY, SamplingParams
@@ -33,7 +34,9 @@ __all__ = ["forward_seconds", "PEERS", "our_method", "hf_method", "run_interleav
            "summarise_engine", "paired_speedups", "engine_report", "format_report"]
 
 # (our method, the transformers method it is compared with)
-PEERS = (("autoregressive", "hf_autoregressive"), ("ngram", "hf_prompt_lookup"), ("draft", "hf_assisted"))
+#: Each of the engine's methods and the ``transformers`` method that does the same (:data:`specdec.analysis.HF_PEER`;
+#: the engine's model draft is called ``draft``).
+PEERS = (("autoregressive", BASELINE["hf_assisted"]), ("ngram", HF_PEER["ngram"]), ("draft", HF_PEER["model"]))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .drafters import ModelDrafter, NGramDrafter
+from .analysis import HF_METHODS
 from .enginebench import hf_method, our_method, paired_speedups, run_interleaved
 from .metrics import acceptance_by_position, acceptance_rate, cost_ratio, survival_by_position, tokens_per_round
 from .provenance import require_quiet, write_report
@@ -37,7 +38,7 @@ __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", 
 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
         "ngram_tree")
-THEIRS = ("hf_autoregressive", "hf_prompt_lookup", "hf_assisted")
+THEIRS = HF_METHODS  # generate() alone, with prompt lookup, with an assistant model
 #: ``generate()`` on the target path our loops run (the packed copy): with ``hf_autoregressive`` on
 #: the model as loaded and our own autoregressive loop, it splits a speedup over ``generate()``
 #: into the kernel path's share, the loop's share and the drafter's share.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .analysis import HF_PEER  # noqa: F401  (the one table of method names: analysis)
 from .crossvocab import StringMatchDrafter, TLIDrafter, VocabMapping
 from .drafters import ModelDrafter, NGramDrafter
 from .eagle import EagleDrafter, load_book_head
@@ -62,9 +63,6 @@ def _drafter_kind(pair: str) -> str:
     return "model" if parse_synthetic(pair) is not None else get_pair(pair).drafter
 
 
-#: The transformers method that does what ours does, per kind of drafter (none for the head:
-#: ``generate()`` has no EAGLE drafting).
-HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
 
 
 @dataclass

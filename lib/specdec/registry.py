@@ -22,8 +22,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = [
     "CONFIG_KEYS",
@@ -43,6 +46,10 @@ __all__ = [
     "book_head_dir",
     "head_available",
 ]
+
+#: The floating-point dtypes a model may be loaded in (names of ``torch`` dtypes; the registry
+#: imports torch only when a model is loaded, so the command line checks its arguments first).
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # --------------------------------------------------------------------------------------------
 # Architecture configs (data/configs/<key>.json, copied from the models' hub repositories)
@@ -122,11 +129,14 @@ class ModelSpec:
     def __post_init__(self):
         if self.quantization not in (None, "nf4", "int8"):
             raise ValueError(f"quantization must be None, 'nf4' or 'int8', got {self.quantization!r}")
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"dtype must name a torch dtype such as 'float16', got {self.dtype!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must name a torch dtype such as 'float16' ({', '.join(_DTYPES)}), "
+                             f"got {self.dtype!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return getattr(torch, self.dtype)
 
     @property

@@ -177,10 +177,10 @@ def summarise_head(df, k: int) -> dict:
 
 
 def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
-    """One head step (a level of drafting) over one target decode step, timed here."""
-    import time
-
+    """c of the head: one head step (a level of drafting, the step and its logits) over one target
+    decode step, both timed here after ``context`` tokens (:func:`specdec.metrics.cost_ratio`)."""
     from .eagle import HeadCache
+    from .profiling import time_repeated
     from .steptime import time_forwards
 
     H = head.cfg.hidden_size
@@ -188,14 +188,14 @@ def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:
     with torch.inference_mode():
         head.step(cache, torch.zeros(context, H), torch.zeros(context, dtype=torch.long), 0)
         x, t = torch.zeros(1, H), torch.zeros(1, dtype=torch.long)
-        samples = []
-        for _ in range(repeats):
+
+        def one_step():
             cache.crop(context)
-            t0 = time.perf_counter()
             head.logits(head.step(cache, x, t, context))
-            samples.append(time.perf_counter() - t0)
+
+        samples = time_repeated(one_step, repeats, warmup=2)
     step = np.median(time_forwards({"m": model}, [1], context, repeats=repeats, warmup=2, desc="decode step")["m"][1])
-    return float(np.median(samples) / step)
+    return cost_ratio(float(np.median(samples)), 1, float(step))
 
 
 def plan_for_head(head_meta: dict, v: dict[int, float], level_cost: float, k_max: int | None = None,

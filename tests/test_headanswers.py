@@ -113,3 +113,15 @@ def test_the_committed_answers_are_consistent():
     samples, meta = headanswers.load_answers()
     assert meta["temperature"] == 0.0 and meta["max_new_tokens"] == 256
     assert len({s.id for s in samples}) == len(samples)  # no prompt answered twice
+
+
+def test_answers_made_while_measuring_form_a_part_of_their_own(setup, tmp_path):
+    model, tok, prompts = setup
+    table, made = headanswers.measure_batch_sizes(model, tok, prompts[:4], sizes=(2,), prompts_per_size=4, rounds=2,
+                                                  max_new_tokens=4, progress=False)
+    out = headanswers.answer_in_parts(model, tok, prompts, tmp_path, batch_size=2, max_new_tokens=4, part_batches=8,
+                                      progress=False, first_samples=made, first_seconds=1.5)
+    first, rest = headanswers.answer_parts(tmp_path)
+    assert out["parts"] == ["part-0000.jsonl.gz", "part-0001.jsonl.gz"]
+    assert first[2]["batch_size"] is None and first[2]["seconds"] == 1.5 and len(first[1]) == 4
+    assert rest[2]["batch_size"] == 2 and {s.id for s in rest[1]} == {p["id"] for p in prompts[4:]}

@@ -216,14 +216,14 @@ def measure_batch_sizes(target, tokenizer, prompts: list[dict], sizes=(8, 16, 32
 def answer_in_parts(target, tokenizer, prompts: list[dict], out=None, batch_size: int = 16, max_new_tokens: int = 256,
                     part_batches: int = 8, target_tokens: int | None = None, max_seconds: float | None = None,
                     seed: int = 0, stop_ids=(), path_label: str = "", progress: bool = True,
-                    first_samples: list[Sample] | None = None) -> dict:
+                    first_samples: list[Sample] | None = None, first_seconds: float = 0.0) -> dict:
     """Answer the prompts of ``prompts`` that ``out`` has no answer for yet, in one fixed
     shuffled order (``seed``), ``batch_size`` at a time, writing a part file after every
     ``part_batches`` batches. Stops when the parts hold ``target_tokens`` answer tokens, when
     no prompt is left, or when ``max_seconds`` have passed (no batch starts after that); on
     Ctrl-C or SIGTERM the answers of the part in progress are written before it stops.
-    ``first_samples`` (answers already made, e.g. while measuring batch sizes) are written
-    first. Returns a summary: parts written, prompts and tokens added, seconds, totals."""
+    ``first_samples`` (answers already made, e.g. while measuring batch sizes, in
+    ``first_seconds``) are written first, as a part of their own. Returns a summary: parts written, prompts and tokens added, seconds, totals."""
     import signal
 
     out = answers_dir() if out is None else Path(out)
@@ -241,11 +241,12 @@ def answer_in_parts(target, tokenizer, prompts: list[dict], out=None, batch_size
     pending: list[Sample] = []
     pending_seconds = [0.0]
 
-    def flush():
+    def flush(**extra):
         if pending:
             path = out / f"part-{_next_part(out):04d}.jsonl.gz"
-            save_answers(pending, path, meta=dict(settings, seconds=round(pending_seconds[0], 2), path=path_label,
-                                                  batch_size=batch_size, n_answered=len(pending)))
+            meta = dict(settings, seconds=round(pending_seconds[0], 2), path=path_label, batch_size=batch_size,
+                        n_answered=len(pending)) | extra
+            save_answers(pending, path, meta=meta)
             summary["parts"].append(path.name)
             pending.clear()
             pending_seconds[0] = 0.0
@@ -257,7 +258,8 @@ def answer_in_parts(target, tokenizer, prompts: list[dict], out=None, batch_size
             total_tokens += len(s.answer)
             summary["prompts"] += 1
             summary["tokens"] += len(s.answer)
-    flush()
+    pending_seconds[0] = first_seconds
+    flush(batch_size=None, made_while="measuring batch sizes (runs.jsonl)")
     todo = [p for p in prompts if p["id"] not in done]
     perm = torch.randperm(len(todo), generator=torch.Generator().manual_seed(seed)).tolist()
     todo = [todo[i] for i in perm]
@@ -367,7 +369,8 @@ def main(argv=None) -> int:
     summary = answer_in_parts(engine, tokenizer, prompts, out, batch, args.max_new_tokens, args.part_batches,
                               args.target_tokens,
                               None if args.max_minutes is None else 60 * args.max_minutes, stop_ids=stops,
-                              path_label=path.label, first_samples=first)
+                              path_label=path.label, first_samples=first,
+                              first_seconds=sum(r["seconds"] for row in (table or {}).values() for r in row["rounds"]))
     record.update(out=repo_relative(out), path=path.label, batch_sizes_measured=table, summary=summary,
                   load_average_end=load_average())
     with open(out / "runs.jsonl", "a", encoding="utf-8") as f:

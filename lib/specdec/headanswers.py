@@ -228,12 +228,11 @@ def answer_in_parts(target, tokenizer, prompts: list[dict], out=None, batch_size
 
     out = answers_dir() if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    done = answered_ids(out)
-    existing = load_answers(out)[0] if done else []
+    existing, meta = load_answers(out) if any(out.glob(PART_GLOB)) else ([], {})
+    done = {s.id for s in existing}
     total_tokens = sum(len(s.answer) for s in existing)
     settings = dict(max_new_tokens=max_new_tokens, temperature=0.0)
     if existing:
-        meta = load_answers(out)[1]
         if any(meta.get(k) != v for k, v in settings.items()):
             raise ValueError(f"{out} holds answers made with {meta}; these would be made with {settings}: "
                              "use another folder")
@@ -353,8 +352,9 @@ def main(argv=None) -> int:
     path, _ = choose_path(target)
     engine = prepare(target, path)
     stops = stop_token_ids(tokenizer, target)
-    done = answered_ids(out)
-    if args.target_tokens and done and sum(len(s.answer) for s in load_answers(out)[0]) >= args.target_tokens:
+    existing = load_answers(out)[0] if any(out.glob(PART_GLOB)) else []
+    done = {s.id for s in existing}
+    if args.target_tokens and sum(len(s.answer) for s in existing) >= args.target_tokens:
         print(f"{out} already holds {args.target_tokens:,} answer tokens or more")
         return 0
     first, table, batch = [], None, args.batch_size

@@ -219,13 +219,8 @@ def plan_for_head(head_meta: dict, v: dict[int, float], level_cost: float, k_max
 def choose_tree(head_meta: dict, v: dict[int, float], level_cost: float, max_nodes: int = 32):
     """The tree :func:`plan_for_head` picks, as the tree options of :func:`run_head_benchmark`,
     and the table of every size it weighed."""
-    from .trees import best_tree
-    from .theory import verify_cost_at
-
     plan = plan_for_head(head_meta, v, level_cost, max_nodes=max_nodes)
-    ranks = head_meta["provenance"]["held_out_eval"]["rank_acceptance"]
-    table = best_tree(ranks, lambda n: verify_cost_at(v, n), level_cost, sizes=range(1, max_nodes + 1))
-    return plan["tree_options"], table
+    return plan["tree_options"], plan["trees"].rename(columns={"speedup": "tokens_per_step"})
 
 
 def head_report(n_per_domain: int = 4, max_new_tokens: int = 64, k: int | None = None, repeats: int = 3,

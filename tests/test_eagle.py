@@ -8,11 +8,12 @@ wrong verifier fails them; training lowers the held-out loss and raises held-out
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from specdec import eagle, fastpath, headdata, headtrain
+from specdec import eagle, fastpath, headdata, headloss, headtrain
 from specdec.cache import CachedLM
 from specdec.decoding import autoregressive_generate, speculative_generate
 from specdec.sampling import SamplingParams, first_tokens, goodness_of_fit, output_distribution, probs_from_logits
@@ -187,8 +188,8 @@ def test_sampled_speculation_runs_and_emits_target_tokens(target, trained):
 
 def test_training_lowers_held_out_loss_and_raises_acceptance(trained):
     before, after, held, history = trained
-    b = headtrain.evaluate_head(before, held, steps=4)
-    a = headtrain.evaluate_head(after, held, steps=4, by_domain=True)
+    b = headloss.evaluate_head(before, held, steps=4)
+    a = headloss.evaluate_head(after, held, steps=4, by_domain=True)
     assert a["loss"] < b["loss"] - 0.02  # the target is high-entropy at T=1: little to gain
     assert a["tau"] > b["tau"] + 0.3 and a["agree"][0] > b["agree"][0] + 0.1
     assert set(a["tau_by_domain"]) == {"d0", "d1"}
@@ -331,20 +332,20 @@ def test_patience_stops_on_a_plateau_and_keeps_the_best_head(target, trained):
     cfg = headtrain.TrainConfig(epochs=200, batch_tokens=256, lr=0.5, eval_every=2, patience=3, min_delta=0.0)
     history = headtrain.train_head(head, train, held, cfg, progress=False)
     assert history.attrs["stopped_early"] and history.attrs["steps_done"] < history.attrs["total_steps"]
-    assert headtrain.evaluate_head(head, held, steps=cfg.k)["tau"] == pytest.approx(history["tau"].max())
+    assert headloss.evaluate_head(head, held, steps=cfg.k)["tau"] == pytest.approx(history["tau"].max())
 
 
 def test_regression_term_and_calibration_are_reported(target, trained):
     _, head, held, _ = trained
-    ev = headtrain.evaluate_head(head, held, steps=3)
+    ev = headloss.evaluate_head(head, held, steps=3)
     cal = ev["calibration"]
     assert len(cal["n"]) == 3 and all(len(row) == 10 for row in cal["n"])
     assert sum(cal["n"][0]) == ev["n_positions"]  # every chain is alive at the first step
     assert all(0 <= a <= n for rn, ra in zip(cal["n"], cal["accepted"]) for n, a in zip(rn, ra))
-    batch = headtrain._batch(held, list(range(4)), 2, "cpu")
+    batch = headloss.feature_batch(held, list(range(4)), 2, "cpu")
     with torch.no_grad():
-        plain, _ = headtrain.head_loss(head, batch, 2)
-        with_reg, _ = headtrain.head_loss(head, batch, 2, regression=1.0)
+        plain, _ = headloss.head_loss(head, batch, 2)
+        with_reg, _ = headloss.head_loss(head, batch, 2, regression=1.0)
     assert float(with_reg) > float(plain)  # the head's output is not the target's feature
 
 
@@ -404,3 +405,72 @@ def test_ablations_share_data_and_budget_and_report_spread(target):
     assert all(s["tau_lo"] <= s["tau"] <= s["tau_hi"] and s["repeats"] == 2 for s in summary)
     with pytest.raises(ValueError, match="unknown variants"):
         headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, ["bigger"], progress=False)
+
+
+def test_the_loss_scores_exactly_the_answer_positions(trained):
+    # the loss, computed on the scored rows only, equals the masked mean over the whole grid
+    _, head, held, _ = trained
+    steps, decay = 2, 0.5
+    batch = headloss.feature_batch(held, list(range(4)), steps, "cpu")
+    feats, tokens, finals, lse, _, masks = batch
+    assert all(m.any() and (~m).any() for m in masks)  # prompt rows and padding are left out
+    with torch.no_grad():
+        loss, stats = headloss.head_loss(head, batch, steps, decay=decay)
+        outs = head.unrolled(head.fuse(feats), tokens, steps)
+        n, want, weight = feats.shape[1], 0.0, 0.0
+        for j, (h, m) in enumerate(zip(outs, masks), start=1):
+            logq = torch.log_softmax(head.norm_out(h) @ head.lm_rows.T, -1)
+            p = (finals[:, j: j + n] @ head.target_rows.T - lse[:, j: j + n, None]).exp()
+            ce = -(p * logq).sum(-1)
+            want += decay ** (j - 1) * ce[m].mean()
+            weight += decay ** (j - 1)
+            assert torch.allclose(stats[j - 1]["ce"][m], ce[m], atol=1e-5)
+            assert not stats[j - 1]["ce"][~m].any()
+    assert abs(float(loss) - float(want / weight)) < 1e-5
+
+
+def test_training_time_test_mask_is_the_attention_unrolled_computes(target):
+    # dense attention under the drawn mask, over every step's keys, equals unrolled's shortcut
+    head = _head(target).eval()
+    n, steps = 7, 3
+    H, group = target.config.hidden_size, head.cfg.num_heads // head.cfg.num_kv_heads
+    mask = eagle.training_time_test_mask(n, steps)
+    assert mask.shape == (steps * n, steps * n) and int(mask[:n].sum()) == n * (n + 1) // 2
+    g = torch.Generator().manual_seed(1)
+    feats = head.fuse(torch.randn(1, n, len(head.cfg.feature_layers) * H, generator=g))
+    tokens = torch.randint(V, (1, n + steps), generator=g)
+    rows = torch.arange(n)
+    with torch.no_grad():
+        outs = head.unrolled(feats, tokens, steps)
+        keys, values, feature = [], [], feats
+        for j in range(steps):
+            q, k, v = head._qkv(feature, tokens[:, j: j + n], rows + j)
+            keys.append(k.repeat_interleave(group, dim=1))
+            values.append(v.repeat_interleave(group, dim=1))
+            K, Vv = torch.cat(keys, -2), torch.cat(values, -2)
+            visible = mask[j * n: (j + 1) * n, : (j + 1) * n]
+            assert not mask[j * n: (j + 1) * n, (j + 1) * n:].any()  # no later step's keys
+            attn = torch.nn.functional.scaled_dot_product_attention(q, K, Vv, attn_mask=visible)
+            feature = head._finish(feature, attn)
+            torch.testing.assert_close(feature, outs[j], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        eagle.training_time_test_mask(0, 2)
+
+
+def test_bfloat16_training_learns_and_measuring_it_changes_nothing(target, trained):
+    before, _, held, _ = trained
+    head = copy.deepcopy(before)
+    config = headtrain.TrainConfig(epochs=3, batch_tokens=512, lr=3e-3, eval_every=10_000, steps=2, feature_noise=0.1)
+    state, rng = copy.deepcopy(head.state_dict()), torch.get_rng_state()
+    rates = headtrain.measure_precisions(head, held, config, n_batches=2, repeats=1)
+    assert set(rates) == set(headtrain.PRECISIONS) and all(r > 0 for r in rates.values())
+    assert all(torch.equal(state[k], v) for k, v in head.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)  # training's noise draws are not shifted
+    with pytest.raises(ValueError, match="precision"):
+        headtrain.train_head(head, held, held, dataclasses.replace(config, precision="auto"), progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        headtrain.TrainConfig(precision="float16")
+    history = headtrain.train_head(head, held, held, dataclasses.replace(config, precision="bfloat16"),
+                                   progress=False)
+    assert history["held_out_loss"].iloc[-1] < history["held_out_loss"].iloc[0]
+    assert all(p.dtype == torch.float32 for p in head.parameters())  # the weights stay float32

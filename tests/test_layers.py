@@ -17,7 +17,7 @@ LAYERS = {
     3: {"drafters", "decoding", "trees", "steptime", "microbench"},  # drafting, the loops, timing a pass
     4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers", "stepcosts",
         "vocabs"},
-    5: {"eagle", "headdata", "headanswers", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
+    5: {"eagle", "headdata", "headanswers", "headloss", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
     6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "analysis", "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points
 }

@@ -45,7 +45,8 @@ from .sampling import probs_from_logits, sample
 from .registry import ModelUnavailableError, book_head_dir, head_available  # noqa: F401
 from .tokentree import grow_tree
 
-__all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "EagleDrafter", "save_head",
+__all__ = ["HeadConfig", "default_feature_layers", "EagleHead", "HeadCache", "training_time_test_mask",
+           "EagleDrafter", "save_head",
            "DRAFT_VOCAB", "load_head", "book_head_dir", "head_available", "load_book_head"]
 
 
@@ -304,6 +305,25 @@ class EagleHead(nn.Module):
             feature = self._finish(feature, attn)
             outs.append(feature)
         return outs
+
+
+def training_time_test_mask(n: int, steps: int) -> torch.Tensor:
+    """Which keys each query of :meth:`EagleHead.unrolled` sees, as one dense mask
+    ``(steps * n, steps * n)``: entry ``[(j - 1) * n + s, (i - 1) * n + c]`` holds when step
+    ``j``'s row ``s`` attends to step ``i``'s row ``c`` -- the real pairs ``c <= s`` (step 1) and
+    its own chain's earlier drafts at the same row (``c = s``, ``2 <= i <= j``), the keys a
+    drafting round holds. ``unrolled`` computes the same attention without forming it: one
+    causal block and one diagonal per step."""
+    require_int("n", n, 1)
+    require_int("steps", steps, 1)
+    rows = torch.arange(n)
+    mask = torch.zeros(steps * n, steps * n, dtype=torch.bool)
+    for j in range(steps):
+        block = slice(j * n, (j + 1) * n)
+        mask[block, :n] = rows[None, :] <= rows[:, None]
+        for i in range(1, j + 1):
+            mask[block, i * n: (i + 1) * n] = torch.eye(n, dtype=torch.bool)
+    return mask
 
 
 class EagleDrafter:

@@ -15,7 +15,7 @@ at a time, each ``repeats`` times with different seeds:
 * ``full vocabulary`` -- every one of the target's tokens in the draft vocabulary;
 * ``LM-head rows trained`` -- the draft vocabulary's rows of the LM head trained with the rest.
 
-Each is evaluated on the same held-out answers (:func:`specdec.headtrain.evaluate_head`), its
+Each is evaluated on the same held-out answers (:func:`specdec.headloss.evaluate_head`), its
 step timed in the loop's terms (:func:`specdec.headbench.head_step_cost`), and the law with this
 machine's verify cost (:func:`specdec.theory.plan_drafting`) turns its acceptance by depth and
 rank and its cost into the K it should draft and the speedup it predicts.
@@ -67,7 +67,8 @@ def ablate(target, engine, train_fs, held_fs, draft_vocabularies: dict, config, 
     from .eagle import EagleHead
     from .headbench import head_step_cost
     from .headdata import FeatureSet
-    from .headtrain import evaluate_head, train_head
+    from .headloss import evaluate_head
+    from .headtrain import train_head
     from .theory import plan_drafting
 
     names = list(VARIANTS) if variants is None else list(variants)
@@ -143,7 +144,7 @@ def run_ablations(variants=None, repeats: int = 3, epochs: float = 4.0, patience
     from .eagle import default_feature_layers
     from .fastpath import choose_path, prepare
     from .headanswers import answer_parts
-    from .headdata import cached_features, draft_vocabulary, reference_samples
+    from .headdata import cached_features, cached_layers, draft_vocabulary, reference_samples
     from .headtrain import TrainConfig, split_held_out
     from .loaders import load_smollm2
     from .prompts import stop_token_ids
@@ -159,7 +160,7 @@ def run_ablations(variants=None, repeats: int = 3, epochs: float = 4.0, patience
     train, held = split_held_out(samples)
     n_layers = len(target.model.layers)
     fused, top = default_feature_layers(n_layers), (n_layers - 1,)
-    layers = tuple(sorted(set(fused) | set(top)))
+    layers = cached_layers(n_layers)  # the same cache as the book's head
     key = f"{path.label}|{type(target).__name__}|{n_layers}"
     everything = cached_features(engine, [(name, part) for name, part, _ in parts], layers, key, progress=progress)
     index = {id(s): i for i, s in enumerate(samples)}

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .cache import decoder_layers
 
 __all__ = ["Sample", "train_prompts_file", "load_train_prompts", "reference_samples", "draft_vocabulary", "FeatureSet",
-           "extract_features", "features_cache_dir", "cached_features"]
+           "extract_features", "features_cache_dir", "cached_layers", "cached_features"]
 
 DOC_ROOT = Path("/usr/share/doc/python3.11/html")
 #: documentation parts no benchmark prompt comes from (the summarisation prompts use tutorial and howto)
@@ -321,12 +321,23 @@ def features_cache_dir() -> Path:
     return repo_root() / ".cache" / "specdec" / "features"
 
 
+def cached_layers(n_layers: int) -> tuple[int, ...]:
+    """The layers whose features are cached: the head's three fused ones
+    (:func:`specdec.eagle.default_feature_layers`) and the top one (EAGLE-1's input, an ablation
+    of chapter 10), so that one pass of the target serves every head trained on them."""
+    from .eagle import default_feature_layers
+
+    return tuple(sorted(set(default_feature_layers(n_layers)) | {n_layers - 1}))
+
+
 def cached_features(target, groups: list[tuple[str, list[Sample]]], feature_layers: tuple[int, ...], key: str,
-                    cache_dir=None, progress: bool = True) -> FeatureSet:
+                    cache_dir=None, progress: bool = True, keep: tuple[int, ...] | None = None) -> FeatureSet:
     """:func:`extract_features` of each named group of samples (an answers part, the reference
     text), read from ``cache_dir`` where an earlier run saved it under the same ``key`` (say
     the target's path and the layers) and number of texts, else computed and saved there: a
-    stopped run loses at most the group in progress. The groups' features, concatenated."""
+    stopped run loses at most the group in progress. The groups' features, concatenated, with
+    only the layers ``keep`` (default: all of ``feature_layers``), dropped group by group so the
+    whole set of cached layers is never in memory at once."""
     import hashlib
 
     cache_dir = features_cache_dir() if cache_dir is None else Path(cache_dir)
@@ -342,5 +353,5 @@ def cached_features(target, groups: list[tuple[str, list[Sample]]], feature_laye
             tmp = path.with_name(path.name + ".partial")
             fs.save(tmp)
             tmp.replace(path)
-        sets.append(fs)
+        sets.append(fs if keep is None else fs.with_layers(keep))
     return FeatureSet.concat(sets)

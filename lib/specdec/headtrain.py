@@ -1,19 +1,14 @@
 """Training chapter 10's draft head on the target's own text (self-distillation).
 
 The data come from :mod:`specdec.headdata` (the target's answers to training prompts and its
-features on them). Here:
+features on them), the loss and the held-out figures from :mod:`specdec.headloss`. Here:
 
-* :func:`head_loss` -- cross-entropy of the head's distribution against the target's on the
-  draft vocabulary, unrolled ``steps`` draft steps on the head's own outputs (EAGLE-3's
-  training-time test, :meth:`specdec.eagle.EagleHead.unrolled`), later steps weighted less;
-  it counts the positions that predict answer tokens, where drafting happens.
-* :func:`train_head` -- AdamW with warm-up and a cosine schedule, a progress bar, and a
-  history of held-out figures.
-* :func:`evaluate_head` -- held-out loss, the greedy agreement at each draft position, the
-  expected acceptance at temperature 1 (``sum min(p, q)``), and the tokens per target pass a
-  greedy chain of K drafts would give (``tau``).
+* :class:`TrainConfig` and :func:`train_head` -- AdamW with warm-up and a cosine schedule sized
+  to the data, an early stop on a plateau of held-out tau, checkpoints to resume from, a
+  progress bar, and a history of held-out figures.
+* :func:`measure_precisions` -- whether bfloat16 training passes are faster on this machine.
 * :func:`build_head` and ``python -m specdec.headtrain`` -- the whole recipe for SmolLM2, from
-  prompts to a saved head with its provenance.
+  the committed answers to a saved head with its provenance.
 """
 
 from __future__ import annotations
@@ -24,100 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .headdata import FeatureSet
+from .headloss import batches_by_length, evaluate_head, feature_batch, head_loss
 
-__all__ = ["head_loss", "TrainConfig", "train_head", "evaluate_head", "build_head", "main"]
-
-
-# -- batches and the loss --------------------------------------------------------------------
+__all__ = ["PRECISIONS", "TrainConfig", "train_head", "measure_precisions", "build_head", "main"]
 
 
-def _batch(fs: FeatureSet, indices, steps: int, device):
-    """Padded tensors for texts ``indices``: rows ``s = 0 .. T-2`` (the pairs), ``steps`` extra
-    positions of padding for the unrolled steps, and for step ``j`` a mask of the rows whose
-    prediction (position ``s + j``) exists and lies in the answer."""
-    n = max(len(fs.tokens[i]) for i in indices) - 1
-    B = len(indices)
-    H = fs.finals[indices[0]].shape[-1]
-    feats = torch.zeros(B, n, fs.features[indices[0]].shape[-1])
-    tokens = torch.zeros(B, n + steps, dtype=torch.long)
-    finals = torch.zeros(B, n + steps + 1, H)
-    lse = torch.zeros(B, n + steps + 1)
-    argmax = torch.full((B, n + steps + 1), -1, dtype=torch.long)
-    length = torch.zeros(B, dtype=torch.long)
-    start = torch.zeros(B, dtype=torch.long)
-    for row, i in enumerate(indices):
-        T = len(fs.tokens[i])
-        feats[row, : T - 1] = fs.features[i][: T - 1].float()
-        tokens[row, : T - 1] = fs.tokens[i][1:]
-        finals[row, :T] = fs.finals[i].float()
-        lse[row, :T] = fs.lse[i]
-        argmax[row, :T] = fs.argmax[i]
-        length[row], start[row] = T, fs.starts[i]
-    rows = torch.arange(n)
-    masks = []
-    for j in range(1, steps + 1):
-        pos = rows[None, :] + j  # the position whose prediction row s's step j makes
-        masks.append((pos <= length[:, None] - 1) & (pos + 1 >= start[:, None]))
-    to = dict(device=device)
-    return (feats.to(**to), tokens.to(**to), finals.to(**to), lse.to(**to), argmax.to(**to),
-            [m.to(**to) for m in masks])
-
-
-def head_loss(head, batch, steps: int, decay: float = 0.8, regression: float = 0.0, feature_noise: float = 0.0):
-    """The weighted cross-entropy of the unrolled steps, and per step the greedy agreement
-    with the target's argmax, the expected acceptance ``sum min(p, q)`` at temperature 1 and
-    the number of rows, on the rows of ``batch`` (:func:`_batch`).
-
-    ``regression > 0`` adds EAGLE-1's feature regression: a SmoothL1 loss, weighted by
-    ``regression``, between the head's output read as a feature (``norm_out(h)``, what the
-    LM-head rows multiply) and the target's final normalised hidden state at the position it
-    predicts from -- without it ``h`` is only whatever vector gives the right distribution.
-    ``feature_noise`` adds uniform noise of that width to the target's features (EAGLE-1's
-    remedy for the gap between real features and the head's own outputs)."""
-    feats, tokens, finals, lse, argmax, masks = batch
-    n = feats.shape[1]
-    if feature_noise > 0 and torch.is_grad_enabled():
-        feats = feats + (torch.rand_like(feats) - 0.5) * feature_noise
-    outs = head.unrolled(head.fuse(feats), tokens, steps)
-    total, weight, stats = 0.0, 0.0, []
-    for j, (h, mask) in enumerate(zip(outs, masks), start=1):
-        out = head.norm_out(h)
-        logq = F.log_softmax((out @ head.lm_rows.T).float(), -1)
-        # the target's probabilities on the draft vocabulary (they sum to at most 1)
-        fin = finals[:, j: j + n]
-        logp = fin @ head.target_rows.T - lse[:, j: j + n, None]
-        p = logp.exp()
-        ce = -(p * logq).sum(-1)
-        m = mask.float()
-        rows = m.sum().clamp(min=1)
-        step_loss = (ce * m).sum() / rows
-        if regression > 0:
-            reg = F.smooth_l1_loss(out.float(), fin, reduction="none").mean(-1)
-            step_loss = step_loss + regression * (reg * m).sum() / rows
-        total = total + decay ** (j - 1) * step_loss
-        weight += decay ** (j - 1)
-        with torch.no_grad():
-            best = argmax[:, j: j + n]
-            agree = (head.d2t[logq.argmax(-1)] == best).float()
-            accept = torch.minimum(p, logq.exp()).sum(-1)
-            # where the target's argmax ranks among the head's guesses (len(d2t): not among them)
-            idx = _target_to_draft(head)[best.clamp(min=0)]
-            mine = logq.gather(-1, idx.clamp(min=0).unsqueeze(-1))
-            rank = torch.where(idx >= 0, (logq > mine).sum(-1), torch.full_like(idx, len(head.d2t)))
-            top = logq.max(-1).values.exp()  # the head's confidence in its first guess
-            stats.append(dict(agree=agree, accept=accept, mask=mask, ce=ce.detach(), rank=rank, confidence=top))
-    return total / weight, stats
-
-
-def _target_to_draft(head) -> torch.Tensor:
-    """``t2d[token id]``: the token's index in the draft vocabulary, -1 where it has none."""
-    t2d = torch.full((head.vocab_size,), -1, dtype=torch.long, device=head.d2t.device)
-    t2d[head.d2t] = torch.arange(len(head.d2t), device=head.d2t.device)
-    return t2d
+#: what the training passes may compute in: float32, or bfloat16 matrix products under autocast
+#: (the weights, the optimiser and every evaluation stay float32)
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -144,6 +56,7 @@ class TrainConfig:
     patience: int | None = None  # evaluations without a better held-out tau before stopping
     min_delta: float = 0.002
     seed: int = 0
+    precision: str = "float32"  # of the training passes ("bfloat16": autocast; "auto": build_head measures)
     max_seconds: float | None = None  # stop early when the wall clock passes this
     checkpoint_seconds: float = 600.0  # how often a checkpoint is written, when there is a path
 
@@ -154,25 +67,12 @@ class TrainConfig:
             raise ValueError("eval_k must be positive")
         if self.regression < 0 or self.feature_noise < 0 or (self.patience is not None and self.patience < 1):
             raise ValueError("regression and feature_noise must be >= 0, patience >= 1")
+        if self.precision not in PRECISIONS + ("auto",):
+            raise ValueError(f"precision must be one of {PRECISIONS + ('auto',)}, got {self.precision!r}")
 
     @property
     def k(self) -> int:
         return self.steps if self.eval_k is None else self.eval_k
-
-
-def _batches(fs: FeatureSet, batch_tokens: int, generator) -> list[list[int]]:
-    """Texts grouped by length into batches of about ``batch_tokens`` padded tokens, shuffled."""
-    order = sorted(range(len(fs)), key=lambda i: len(fs.tokens[i]))
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * len(fs.tokens[i]) > batch_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    perm = torch.randperm(len(out), generator=generator).tolist()
-    return [out[i] for i in perm]
 
 
 def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, config: TrainConfig = TrainConfig(),
@@ -193,11 +93,13 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
 
     if not len(train):
         raise ValueError("no training texts")
+    if config.precision == "auto":
+        raise ValueError("choose the precision first (measure_precisions, or build_head does)")
     g = torch.Generator().manual_seed(config.seed)
     device = head.d2t.device
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = _batches(train, config.batch_tokens, g)
+    per_epoch = batches_by_length(train, config.batch_tokens, g)
     total = max(1, math.ceil(config.epochs * len(per_epoch)))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
@@ -261,11 +163,13 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
     try:
         while step < total and not stopped:
             if pos >= len(per_epoch):
-                per_epoch, pos = _batches(train, config.batch_tokens, g), 0
+                per_epoch, pos = batches_by_length(train, config.batch_tokens, g), 0
             idx = per_epoch[pos]
             pos += 1
-            loss, stats = head_loss(head, _batch(train, idx, config.steps, device), config.steps, config.decay,
-                                    config.regression, config.feature_noise)
+            batch = feature_batch(train, idx, config.steps, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                loss, stats = head_loss(head, batch, config.steps, config.decay, config.regression,
+                                        config.feature_noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -300,78 +204,32 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
     return history
 
 
-@torch.no_grad()
-def evaluate_head(head, fs: FeatureSet, steps: int = 4, batch_tokens: int = 4096, by_domain: bool = False,
-                  ranks: int = 4) -> dict:
-    """Held-out figures of ``head`` on ``fs``: loss (the unweighted mean over steps), per draft
-    position the greedy agreement with the target given the earlier ones agreed
-    (``agree[j]``: the fraction of chains still alive at step ``j+1`` that step ``j+1``
-    extends) and the expected acceptance at temperature 1 of the first steps (``accept``),
-    and ``tau``, the mean tokens per target pass of a greedy chain of ``steps`` drafts
-    (accepted drafts + the target's own token), from every answer position. On greedy text
-    these are what drafting gives (an accepted draft token equals the text's next token); on
-    sampled text they are the agreement with the target's argmax along the text.
-    ``by_domain`` adds ``tau_by_domain``. ``rank_acceptance[j][r]``: among chains alive at step
-    ``j+1``, the share whose target token is the head's ``r``-th guess (``r < ranks``) -- what
-    a greedy tree's ``r``-th child at that depth would catch (:func:`specdec.theory.plan_shape`).
-    ``calibration``: for chains alive at step ``j+1``, counted in ten bins of the head's
-    probability of its first guess (``n[j][b]``) and how many of those guesses were the
-    target's token (``accepted[j][b]``) -- whether a confident draft is a right one, the
-    premise of EAGLE-2's dynamic trees."""
-    was_training = head.training
-    head.eval()
-    g = torch.Generator().manual_seed(0)
-    alive_sum = torch.zeros(steps + 1)
-    rank_sum = torch.zeros(steps, ranks)
-    bins = torch.linspace(0, 1, 11)
-    conf_n, conf_hit = torch.zeros(steps, 10), torch.zeros(steps, 10)
-    accept_sum, accept_rows = torch.zeros(steps), torch.zeros(steps)
-    loss_sum, loss_rows = 0.0, 0.0
-    accepted_total, chains = 0.0, 0.0
-    domains = {}
-    for idx in _batches(fs, batch_tokens, g):
-        batch = _batch(fs, idx, steps, head.d2t.device)
-        _, stats = head_loss(head, batch, steps)
-        masks = batch[-1]
-        # chains start at every row whose first prediction is in the answer and complete
-        base = masks[0]
-        alive = base.clone()
-        length = torch.zeros_like(base, dtype=torch.float)
-        alive_sum[0] += base.sum().item()
-        for j, st in enumerate(stats):
-            valid = st["mask"] & base
-            live = alive & valid  # chains alive before this step
-            for r in range(ranks):
-                rank_sum[j, r] += (live & (st["rank"] == r)).sum().item()
-            b = torch.bucketize(st["confidence"][live], bins[1:-1])
-            conf_n[j] += torch.bincount(b, minlength=10).float()
-            conf_hit[j] += torch.bincount(b, weights=st["agree"][live].float(), minlength=10)
-            alive = alive & valid & (st["agree"] > 0)
-            length += alive.float()
-            alive_sum[j + 1] += alive.sum().item()
-            accept_sum[j] += (st["accept"] * st["mask"]).sum().item()
-            accept_rows[j] += st["mask"].sum().item()
-        accepted_total += length[base].sum().item()
-        chains += base.sum().item()
-        for st in stats:
-            loss_sum += (st["ce"] * st["mask"]).sum().item() / steps
-            loss_rows += st["mask"].sum().item() / steps
-        if by_domain:
-            for row, i in enumerate(idx):
-                d = domains.setdefault(fs.domains[i], [0.0, 0.0])
-                d[0] += length[row][base[row]].sum().item()
-                d[1] += base[row].sum().item()
-    if was_training:
-        head.train()
-    agree = [(alive_sum[j + 1] / alive_sum[j]).item() if alive_sum[j] else math.nan for j in range(steps)]
-    rank_acc = [(rank_sum[j] / alive_sum[j]).tolist() if alive_sum[j] else [math.nan] * ranks for j in range(steps)]
-    calibration = dict(bins=bins.tolist(), n=conf_n.tolist(), accepted=conf_hit.tolist())
-    out = dict(loss=loss_sum / max(loss_rows, 1), agree=agree, rank_acceptance=rank_acc, calibration=calibration,
-               accept=(accept_sum / accept_rows.clamp(min=1)).tolist(),
-               tau=1.0 + accepted_total / max(chains, 1), n_positions=int(chains))
-    if by_domain:
-        out["tau_by_domain"] = {d: 1.0 + a / max(c, 1) for d, (a, c) in domains.items()}
-    return out
+def measure_precisions(head, fs: FeatureSet, config: TrainConfig, n_batches: int = 4, repeats: int = 2) -> dict:
+    """Training passes per second (padded tokens, forward and backward, on the first
+    ``n_batches`` batches of ``fs``) in each of :data:`PRECISIONS`, interleaved ``repeats`` times
+    after one warm-up round, on a copy of ``head``: ``{precision: median tokens/s}``. Whether
+    bfloat16 is faster depends on the CPU's units, so it is measured, not assumed."""
+    import copy
+    import statistics
+
+    trial = copy.deepcopy(head).train()
+    rng = torch.get_rng_state()  # the feature noise draws from it; training's draws stay the same
+    batches = batches_by_length(fs, config.batch_tokens, torch.Generator().manual_seed(config.seed))[:n_batches]
+    data = [feature_batch(fs, idx, config.steps, head.d2t.device) for idx in batches]
+    n_tokens = sum(b[0].shape[0] * b[0].shape[1] for b in data)
+    rates = {p: [] for p in PRECISIONS}
+    for r in range(repeats + 1):
+        for precision in PRECISIONS:
+            t = time.perf_counter()
+            for b in data:
+                with torch.autocast(head.d2t.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    loss, _ = head_loss(trial, b, config.steps, config.decay, config.regression, config.feature_noise)
+                loss.backward()
+                trial.zero_grad(set_to_none=True)
+            if r:
+                rates[precision].append(n_tokens / (time.perf_counter() - t))
+    torch.set_rng_state(rng)
+    return {p: statistics.median(v) for p, v in rates.items()}
 
 
 # -- the whole recipe ------------------------------------------------------------------------
@@ -410,7 +268,7 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     from .eagle import DRAFT_VOCAB, EagleHead
     from .fastpath import choose_path, prepare
     from .headanswers import answer_parts
-    from .headdata import cached_features, draft_vocabulary, reference_samples
+    from .headdata import cached_features, cached_layers, draft_vocabulary, reference_samples
     from .prompts import stop_token_ids
 
     info, t = {}, time.perf_counter()
@@ -426,10 +284,12 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     d2t = draft_vocabulary(train, DRAFT_VOCAB if draft_vocab is None else draft_vocab, always=sorted(stops))
     head = EagleHead.for_target(target, d2t, feature_layers)
     layers = head.cfg.feature_layers
-    key = f"{path.label}|{type(target).__name__}|{target.config.num_hidden_layers}"
+    n_layers = target.config.num_hidden_layers
+    cached = tuple(sorted(set(cached_layers(n_layers)) | set(layers)))
+    key = f"{path.label}|{type(target).__name__}|{n_layers}"
     t = time.perf_counter()
     groups = [(name, part) for name, part, _ in parts]
-    everything = cached_features(engine, groups, layers, key, cache_dir, progress)
+    everything = cached_features(engine, groups, cached, key, cache_dir, progress, keep=layers)
     index = {id(s): i for i, s in enumerate(samples)}
     train_fs = everything.subset([index[id(s)] for s in train])
     held_fs = everything.subset([index[id(s)] for s in held])
@@ -440,8 +300,18 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
         from .headdata import FeatureSet
 
         train_fs = FeatureSet.concat([train_fs, cached_features(engine, [(f"reference-{reference_tokens}", extra)],
-                                                               layers, key, cache_dir, progress)])
+                                                               cached, key, cache_dir, progress, keep=layers)])
     info["feature_seconds"] = time.perf_counter() - t
+    if config.precision == "auto":  # the precision of a checkpoint's run, else the faster one here
+        import dataclasses
+
+        prior = torch.load(checkpoint, weights_only=False)["settings"]["precision"] \
+            if checkpoint is not None and Path(checkpoint).is_file() else None
+        if prior is None:
+            info["precision_tokens_per_s"] = rates = measure_precisions(head, train_fs, config)
+            log("training passes, padded tokens/s: " + ", ".join(f"{p} {r:.0f}" for p, r in rates.items()))
+        config = dataclasses.replace(config, precision=prior or max(rates, key=rates.get))
+    info["precision"] = config.precision
     t = time.perf_counter()
     history = train_head(head, train_fs, held_fs, config, progress=progress, checkpoint=checkpoint)
     info["train_seconds"] = time.perf_counter() - t
@@ -484,6 +354,8 @@ def main(argv=None) -> int:
                     help="stop this run's training after this many minutes (a checkpoint lets the next run go on)")
     ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=0,
                     help="tokens of standard-library source and documentation added to the training text")
+    ap.add_argument("--precision", choices=PRECISIONS + ("auto",), default="auto",
+                    help="of the training passes; auto: the faster one measured here (or the checkpoint's)")
     ap.add_argument("--checkpoint", help="training checkpoint, read and written (default: OUT/checkpoint.pt)")
     args = ap.parse_args(argv)
     command = shlex.join(["python", "-m", "specdec.headtrain", *(argv if argv is not None else sys.argv[1:])])
@@ -492,6 +364,7 @@ def main(argv=None) -> int:
     target, tokenizer = load_smollm2()
     config = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr, regression=args.regression,
                          feature_noise=args.feature_noise, patience=args.patience, eval_every=args.eval_every,
+                         precision=args.precision,
                          max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.out) / "checkpoint.pt"
     head, history, info = build_head(target, tokenizer, args.answers, args.answer_parts, args.draft_vocab,
@@ -501,6 +374,7 @@ def main(argv=None) -> int:
         print(f"training stopped at step {int(last['step'])} (held-out tau {last['tau']:.2f}); the checkpoint "
               f"{repo_relative(checkpoint)} holds it: run the same command again to go on")
         return 0
+    config = dataclasses.replace(config, precision=info["precision"])
     record.update(info, train_config=dataclasses.asdict(config), load_average_end=load_average(),
                   held_out=history.iloc[-1].to_dict(), checkpoint=repo_relative(checkpoint))
     out = save_head(head, args.out, provenance=record)

@@ -403,6 +403,13 @@ def test_ablations_share_data_and_budget_and_report_spread(target):
     summary = headablate.summarise_ablations(rows)
     assert [s["variant"] for s in summary] == names
     assert all(s["tau_lo"] <= s["tau"] <= s["tau_hi"] and s["repeats"] == 2 for s in summary)
+    # a stopped sweep goes on: the runs it finished are kept, only the rest are trained and saved
+    saved = []
+    again = headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, names[:2], repeats=2,
+                              verify_cost=v, fused=fused, top=top, progress=False, context=64, done=rows[:3],
+                              on_row=saved.append)
+    assert again[:3] == rows[:3] and [(r["variant"], r["repeat"]) for r in saved] == [(names[1], 1)]
+    assert again[3] is saved[0]
     with pytest.raises(ValueError, match="unknown variants"):
         headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, ["bigger"], progress=False)
 

@@ -31,7 +31,7 @@ import torch
 
 from .eagle import DRAFT_VOCAB
 
-__all__ = ["VARIANTS", "ablate", "summarise_ablations", "run_ablations", "main"]
+__all__ = ["VARIANTS", "CHAPTER_VARIANTS", "ablate", "summarise_ablations", "run_ablations", "main"]
 
 #: name -> what changes from the recipe: ``layers`` ("fused" or "top"), ``vocab`` (None: all),
 #: ``share`` of the training texts, ``steps`` unrolled (None: the recipe's), ``regression`` and
@@ -49,11 +49,14 @@ VARIANTS = {
     "full vocabulary": dict(vocab=None),
     "LM-head rows trained": dict(lm_rows=True),
 }
+#: the questions chapter 10 asks of its recipe (the default of ``python -m specdec.headablate``)
+CHAPTER_VARIANTS = ("book's recipe", "one unrolled step", "feature regression", "reference text added",
+                    "half the data", "a quarter of the data")
 
 
 def ablate(target, engine, train_fs, held_fs, draft_vocabularies: dict, config, variants=None, repeats: int = 1,
            reference_fs=None, verify_cost: dict | None = None, fused=None, top=None, progress: bool = True,
-           context: int = 256) -> list[dict]:
+           context: int = 256, done=(), on_row=None) -> list[dict]:
     """Train every variant of :data:`VARIANTS` (or the named ``variants``) ``repeats`` times.
 
     ``train_fs``, ``held_fs`` and ``reference_fs`` are feature sets holding the layers of both
@@ -61,7 +64,8 @@ def ablate(target, engine, train_fs, held_fs, draft_vocabularies: dict, config, 
     ``d2t`` to use; ``config`` is the budget every run shares (its ``steps`` the recipe's depth,
     also the K every variant is evaluated at); ``verify_cost`` (``{n: v(n)}``) turns each head's
     figures into the law's plan; a head step is timed after ``context`` tokens. Returns one row per
-    (variant, repeat)."""
+    (variant, repeat). Rows of ``done`` (an earlier run's, same budget) are kept, not trained
+    again; ``on_row(row)`` is called with each new row as soon as it is made (to save it)."""
     import dataclasses
 
     from .eagle import EagleHead
@@ -92,6 +96,10 @@ def ablate(target, engine, train_fs, held_fs, draft_vocabularies: dict, config, 
         cfg = dataclasses.replace(config, steps=opt["steps"] or config.steps, eval_k=k,
                                   regression=opt["regression"], feature_noise=opt["feature_noise"])
         for rep in range(repeats):
+            earlier = [r for r in done if r["variant"] == name and r["repeat"] == rep]
+            if earlier:
+                rows.append(earlier[0])
+                continue
             torch.manual_seed(rep)
             head = EagleHead.for_target(target, draft_vocabularies[opt["vocab"]], use, train_lm_rows=opt["lm_rows"])
             history = train_head(head, fs, held, dataclasses.replace(cfg, seed=rep), progress=progress)
@@ -113,6 +121,8 @@ def ablate(target, engine, train_fs, held_fs, draft_vocabularies: dict, config, 
                            predicted_tree_speedup=float(plan["tree"]["speedup"]),
                            predicted_speedup_at_k=float(plan["chains"].loc[k, "speedup"]))
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
@@ -133,19 +143,29 @@ def summarise_ablations(rows: list[dict], figures=("tau", "agree_1", "predicted_
     return summary
 
 
-def run_ablations(variants=None, repeats: int = 3, epochs: float = 4.0, patience: int = 6, eval_every: int = 200,
-                  minutes_each: float | None = None, steps: int = 5, max_parts: int | None = None,
-                  reference_tokens: int = 250_000, progress: bool = True) -> dict:
+def run_ablations(variants=CHAPTER_VARIANTS, repeats: int = 3, epochs: float = 4.0, patience: int = 6,
+                  eval_every: int = 200, minutes_each: float | None = None, steps: int = 5,
+                  max_parts: int | None = None, reference_tokens: int = 250_000, progress: bool = True,
+                  rows_file=None) -> dict:
     """Load SmolLM2 and its fastest path, the committed answers (the first ``max_parts`` parts),
     their features (cached per part) for the fused and the top layers, the reference text
     where a variant needs it, measure v(n) here, and :func:`ablate` every variant under one
     budget: ``epochs`` passes with an early stop after ``patience`` evaluations without a better
-    held-out tau, at most ``minutes_each`` minutes, ``steps`` unrolled steps for the recipe."""
-    from .eagle import default_feature_layers
+    held-out tau, at most ``minutes_each`` minutes, ``steps`` unrolled steps for the recipe, in
+    the training precision measured faster here (:func:`specdec.headtrain.measure_precisions`).
+
+    With ``rows_file`` (JSON lines) every finished run is appended there at once, and the runs
+    it already holds with the same budget and data are not trained again: a stopped sweep goes
+    on where it stopped."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from .eagle import EagleHead, default_feature_layers
     from .fastpath import choose_path, prepare
     from .headanswers import answer_parts
     from .headdata import cached_features, cached_layers, draft_vocabulary, reference_samples
-    from .headtrain import TrainConfig, split_held_out
+    from .headtrain import TrainConfig, measure_precisions, split_held_out
     from .loaders import load_smollm2
     from .prompts import stop_token_ids
     from .steptime import verify_costs
@@ -179,11 +199,30 @@ def run_ablations(variants=None, repeats: int = 3, epochs: float = 4.0, patience
     v = verify_costs(engine, ns=tuple(range(1, steps + 2)) + (9, 17, 33))
     config = TrainConfig(epochs=epochs, steps=steps, patience=patience, eval_every=eval_every,
                          max_seconds=None if minutes_each is None else 60 * minutes_each)
+    settings = dict(dataclasses.asdict(config), answer_parts=len(parts), n_train_texts=len(train_fs),
+                    reference_tokens=reference_tokens)
+    done = []
+    if rows_file is not None and Path(rows_file).is_file():
+        done = [r for r in map(json.loads, Path(rows_file).read_text().splitlines()) if r.get("settings") == settings]
+    if done:
+        config = dataclasses.replace(config, precision=done[0]["precision"])
+        rates = None
+    else:
+        recipe = EagleHead.for_target(target, vocabularies[DRAFT_VOCAB], fused)
+        rates = measure_precisions(recipe, train_fs.with_layers(fused), config)
+        config = dataclasses.replace(config, precision=max(rates, key=rates.get))
+
+    def save(row):
+        if rows_file is not None:
+            Path(rows_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(rows_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(dict(row, settings=settings, precision=config.precision), default=float) + "\n")
+
     rows = ablate(target, engine, train_fs, held_fs, vocabularies, config, names, repeats, reference_fs, v, fused,
-                  top, progress)
-    import dataclasses
+                  top, progress, done=done, on_row=save)
 
     return dict(rows=rows, summary=summarise_ablations(rows), verify_cost=v, k=steps, path=path.label,
+                precision=config.precision, precision_tokens_per_s=rates,
                 budget=dataclasses.asdict(config), answer_parts=len(parts), n_train_texts=len(train_fs),
                 n_train_answer_tokens=train_fs.n_answer_tokens, n_held_out_texts=len(held_fs),
                 reference_tokens=reference_tokens if reference_fs is not None else 0, repeats=repeats)
@@ -193,14 +232,16 @@ def main(argv=None) -> int:
     """``python -m specdec.headablate``: train the ablations of chapter 10's head and record them."""
     import shlex
     import sys
+    from pathlib import Path
 
     from . import cli
     from .provenance import BusyMachineError, require_quiet, write_report
 
     ap = cli.ArgumentParser(prog="python -m specdec.headablate", description=main.__doc__.splitlines()[0])
-    ap.add_argument("--out", help="write the results as JSON, e.g. data/results/head_ablations.json")
+    ap.add_argument("--out", help="write the results as JSON, e.g. data/results/head_ablations.json (each finished "
+                                  "run goes to OUT's .rows.jsonl at once; a second run goes on from there)")
     ap.add_argument("--variants", type=cli.name_list(list(VARIANTS), what="variant"),
-                    help="comma-separated variants to train (default: all)")
+                    help=f"comma-separated variants to train (default: {', '.join(CHAPTER_VARIANTS)})")
     ap.add_argument("--repeats", type=cli.positive_int, default=3, help="seeds per variant")
     ap.add_argument("--epochs", type=cli.float_range(0.0, 1000.0, min_open=True), default=4.0,
                     help="passes over the training text the schedule spans (the same for every variant)")
@@ -219,8 +260,10 @@ def main(argv=None) -> int:
     except BusyMachineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    report = write_report(run_ablations(args.variants, args.repeats, args.epochs, args.patience, args.eval_every,
-                                        args.minutes, args.steps, args.answer_parts, args.reference_tokens),
+    rows_file = None if args.out is None else Path(args.out).with_suffix(".rows.jsonl")
+    report = write_report(run_ablations(args.variants or CHAPTER_VARIANTS, args.repeats, args.epochs, args.patience,
+                                        args.eval_every, args.minutes, args.steps, args.answer_parts,
+                                        args.reference_tokens, rows_file=rows_file),
                           args.out,
                           shlex.join(["python", "-m", "specdec.headablate", *(argv if argv is not None else sys.argv[1:])]),
                           load, args.force)

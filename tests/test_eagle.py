@@ -320,6 +320,24 @@ def test_training_resumes_from_its_checkpoint_exactly(target, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         headtrain.train_head(again, train, config=headtrain.TrainConfig(**{**cfg, "lr": 1e-3}), progress=False,
                              checkpoint=ckpt)
+    # with a held-out set and a patience the best weights travel too (stored once when they are
+    # the current ones, as after an evaluation that improved)
+    pcfg = dict(cfg, patience=100, eval_every=2, lr=1e-2)
+    whole = eagle.EagleHead.for_target(target, d2t)
+    whole.load_state_dict(start)
+    torch.manual_seed(1)  # the feature noise's draws
+    headtrain.train_head(whole, train, train, headtrain.TrainConfig(**pcfg), progress=False)
+    parts = eagle.EagleHead.for_target(target, d2t)
+    parts.load_state_dict(start)
+    ckpt = tmp_path / "ckpt-best.pt"
+    torch.manual_seed(1)
+    headtrain.train_head(parts, train, train, headtrain.TrainConfig(**pcfg, max_seconds=0.0), progress=False,
+                         checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["best_is_head"]
+    again = eagle.EagleHead.for_target(target, d2t)
+    headtrain.train_head(again, train, train, headtrain.TrainConfig(**pcfg), progress=False, checkpoint=ckpt)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
 
 
 def test_patience_stops_on_a_plateau_and_keeps_the_best_head(target, trained):

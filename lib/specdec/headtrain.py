@@ -57,7 +57,7 @@ class TrainConfig:
     min_delta: float = 0.002
     seed: int = 0
     precision: str = "float32"  # of the training passes ("bfloat16": autocast; "auto": build_head measures)
-    max_seconds: float | None = None  # stop early when the wall clock passes this
+    max_seconds: float | None = None  # this run stops at its first evaluation after so many seconds
     checkpoint_seconds: float = 600.0  # how often a checkpoint is written, when there is a path
 
     def __post_init__(self):
@@ -120,19 +120,27 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
         torch.set_rng_state(state["rng"])  # the feature noise's draws
         per_epoch, pos, step, seen = state["batches"], state["pos"], state["step"], state["seen"]
         rows, best, best_state, since_best = state["history"], state["best"], state["best_state"], state["since_best"]
+        if state.get("best_is_head"):  # saved once, not twice
+            best_state = copy.deepcopy(state["head"])
         elapsed0 = state["seconds"]
     t0 = time.perf_counter() - elapsed0
     k = config.k
+    evaluates = held_out is not None and len(held_out) > 0
 
     def save():
         if checkpoint is None:
             return
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(checkpoint) + ".partial")
-        torch.save(dict(settings=settings, head=head.state_dict(), optimizer=opt.state_dict(),
-                        schedule=sched.state_dict(), generator=g.get_state(), rng=torch.get_rng_state(), batches=per_epoch, pos=pos, step=step,
-                        seen=seen, history=rows, best=best, best_state=best_state, since_best=since_best,
-                        seconds=time.perf_counter() - t0, done=step >= total or stopped), tmp)
+        weights = head.state_dict()
+        # when the best weights are the current ones (training stopped right after its best
+        # evaluation), they are stored once: the checkpoint stays a third smaller
+        same = best_state is not None and all(torch.equal(best_state[k], v) for k, v in weights.items())
+        torch.save(dict(settings=settings, head=weights, optimizer=opt.state_dict(), schedule=sched.state_dict(),
+                        generator=g.get_state(), rng=torch.get_rng_state(), batches=per_epoch, pos=pos, step=step,
+                        seen=seen, history=rows, best=best, best_state=None if same else best_state,
+                        best_is_head=same, since_best=since_best, seconds=time.perf_counter() - t0,
+                        done=step >= total or stopped), tmp)
         tmp.replace(checkpoint)
 
     def record(step):
@@ -181,13 +189,16 @@ def train_head(head, train: FeatureSet, held_out: FeatureSet | None = None, conf
             bar.update(1)
             bar.set_postfix(loss=f"{recent[-1]:.3f}")
             out_of_time = config.max_seconds is not None and time.perf_counter() - t0 - elapsed0 > config.max_seconds
-            if step % config.eval_every == 0 or step == total or out_of_time:
+            # out of time, a run stops at its next evaluation, not between two: an extra one
+            # would change which weights are best, and a resumed run would differ from a whole one
+            at_eval = step % config.eval_every == 0 or step == total or (out_of_time and not evaluates)
+            if at_eval:
                 head.eval()
                 record(step)
                 head.train()
                 if config.patience is not None and since_best >= config.patience:
                     stopped = True
-            if out_of_time:
+            if out_of_time and at_eval:
                 break
             if time.perf_counter() - last_save > config.checkpoint_seconds:
                 save()
@@ -351,7 +362,8 @@ def main(argv=None) -> int:
                     help="evaluations without a better held-out tau before training stops")
     ap.add_argument("--eval-every", type=cli.positive_int, default=200, help="optimiser steps between evaluations")
     ap.add_argument("--max-minutes", type=cli.float_range(0.0, 10_000.0, min_open=True),
-                    help="stop this run's training after this many minutes (a checkpoint lets the next run go on)")
+                    help="stop this run's training at its first evaluation after this many minutes (a checkpoint "
+                         "lets the next run go on)")
     ap.add_argument("--reference-tokens", type=cli.nonneg_int, default=0,
                     help="tokens of standard-library source and documentation added to the training text")
     ap.add_argument("--precision", choices=PRECISIONS + ("auto",), default="auto",

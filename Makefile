@@ -86,8 +86,9 @@ answers: setup
 # Train the book's head (data/heads/smollm2-135m-eagle) from the committed answers (`make answers`
 # first adds any that are missing): the target's features per answer part, kept in
 # .cache/specdec/features (recomputed where missing), then training with five unrolled draft steps
-# until the held-out tau stops improving, checkpointed in the head's folder every ten minutes, so a
-# stopped run goes on where it stopped. MINUTES=n stops this run's training after n minutes.
+# (in bfloat16 where that is measured faster here) until the held-out tau stops improving,
+# checkpointed in the head's folder every ten minutes, so a stopped run goes on where it stopped.
+# MINUTES=n stops this run's training after n minutes.
 head: answers
 	$(PY) -m specdec.headtrain --steps 5 --epochs 4 --patience 6 $(if $(MINUTES),--max-minutes $(MINUTES))
 

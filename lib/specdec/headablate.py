@@ -164,7 +164,7 @@ def run_ablations(variants=CHAPTER_VARIANTS, repeats: int = 3, epochs: float = 4
     from .eagle import EagleHead, default_feature_layers
     from .fastpath import choose_path, prepare
     from .headanswers import answer_parts
-    from .headdata import cached_features, cached_layers, draft_vocabulary, reference_samples
+    from .headdata import cached_features, cached_layers, draft_vocabulary, feature_cache_key, reference_samples
     from .headtrain import TrainConfig, measure_precisions, split_held_out
     from .loaders import load_smollm2
     from .prompts import stop_token_ids
@@ -181,7 +181,7 @@ def run_ablations(variants=CHAPTER_VARIANTS, repeats: int = 3, epochs: float = 4
     n_layers = len(target.model.layers)
     fused, top = default_feature_layers(n_layers), (n_layers - 1,)
     layers = cached_layers(n_layers)  # the same cache as the book's head
-    key = f"{path.label}|{type(target).__name__}|{n_layers}"
+    key = feature_cache_key(target, path)
     everything = cached_features(engine, [(name, part) for name, part, _ in parts], layers, key, progress=progress)
     index = {id(s): i for i, s in enumerate(samples)}
     train_fs = everything.subset([index[id(s)] for s in train])

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .cache import decoder_layers
 
 __all__ = ["Sample", "train_prompts_file", "load_train_prompts", "reference_samples", "draft_vocabulary", "FeatureSet",
-           "extract_features", "features_cache_dir", "cached_layers", "cached_features"]
+           "extract_features", "features_cache_dir", "cached_layers", "feature_cache_key",
+           "cached_features"]
 
 DOC_ROOT = Path("/usr/share/doc/python3.11/html")
 #: documentation parts no benchmark prompt comes from (the summarisation prompts use tutorial and howto)
@@ -328,6 +329,13 @@ def cached_layers(n_layers: int) -> tuple[int, ...]:
     from .eagle import default_feature_layers
 
     return tuple(sorted(set(default_feature_layers(n_layers)) | {n_layers - 1}))
+
+
+def feature_cache_key(target, path) -> str:
+    """What the cached features of ``target`` computed on ``path`` (a :class:`specdec.fastpath.Path`)
+    are filed under besides their layers and texts: the path, the model's class and depth. The head's
+    recipe and its ablations call it, so they share one cache."""
+    return f"{path.label}|{type(target).__name__}|{target.config.num_hidden_layers}"
 
 
 def cached_features(target, groups: list[tuple[str, list[Sample]]], feature_layers: tuple[int, ...], key: str,

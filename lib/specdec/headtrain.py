@@ -279,7 +279,7 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     from .eagle import DRAFT_VOCAB, EagleHead
     from .fastpath import choose_path, prepare
     from .headanswers import answer_parts
-    from .headdata import cached_features, cached_layers, draft_vocabulary, reference_samples
+    from .headdata import cached_features, cached_layers, draft_vocabulary, feature_cache_key, reference_samples
     from .prompts import stop_token_ids
 
     info, t = {}, time.perf_counter()
@@ -297,7 +297,7 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     layers = head.cfg.feature_layers
     n_layers = target.config.num_hidden_layers
     cached = tuple(sorted(set(cached_layers(n_layers)) | set(layers)))
-    key = f"{path.label}|{type(target).__name__}|{n_layers}"
+    key = feature_cache_key(target, path)
     t = time.perf_counter()
     groups = [(name, part) for name, part, _ in parts]
     everything = cached_features(engine, groups, cached, key, cache_dir, progress, keep=layers)

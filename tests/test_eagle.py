@@ -382,6 +382,36 @@ def test_the_head_drafts_what_the_law_plans():
     assert tree == opts and table["tokens_per_step"].max() == pytest.approx(plan["tree"]["speedup"])
 
 
+def test_plan_beside_measurement_and_the_engine_split_read_one_report():
+    from specdec import headbench
+
+    def sp(m, lo, hi):
+        return {"decode": {"median": m, "lo": lo, "hi": hi}}
+
+    chains = [dict(k=k, expected_tokens=1 + 0.5 * k, cost=1 + 0.1 * k, speedup=(1 + 0.5 * k) / (1 + 0.1 * k))
+              for k in range(4)]
+    report = {"k": 2, "plan": {"chains": chains, "chain": chains[3],
+                               "tree": dict(n_nodes=6, depth=3, expected_tokens=2.9, speedup=2.1)},
+              "figures": {"tau": {"eagle": {"all": 1.8}, "eagle_tree": {"all": 2.4}},
+                          "speedups": {"eagle_vs_autoregressive": sp(1.5, 1.4, 1.6),
+                                       "eagle_tree_vs_autoregressive": sp(1.8, 1.7, 1.9),
+                                       "hf_autoregressive_packed_vs_hf_autoregressive": sp(1.2, 1.1, 1.3),
+                                       "autoregressive_vs_hf_autoregressive_packed": sp(1.1, 1.0, 1.2),
+                                       "eagle_tree_vs_eagle": sp(1.2, 1.1, 1.3)}}}
+    pm = headbench.plan_vs_measured(report)
+    chain = pm.loc["chain, K = 2"]  # the K the run drafted, not the plan's best
+    assert chain.predicted_tau == 2.0 and chain.predicted_speedup == pytest.approx(2.0 / 1.2)
+    assert chain.measured_tau == 1.8 and chain.measured_speedup == 1.5 and chain.measured_lo == 1.4
+    tree = pm.loc["tree, 6 nodes"]
+    assert tree.predicted_tau == 2.9 and tree.measured_tau == 2.4 and tree.measured_speedup == 1.8
+    split = headbench.engine_and_method(report)
+    assert list(split["speedup"]) == [1.2, 1.1, 1.5, 1.2]
+    assert split["cumulative"].iloc[-1] == pytest.approx(1.2 * 1.1 * 1.5 * 1.2)
+    del report["figures"]["speedups"]["autoregressive_vs_hf_autoregressive_packed"]
+    with pytest.raises(KeyError, match="autoregressive_vs_hf_autoregressive_packed"):
+        headbench.engine_and_method(report)
+
+
 def test_generate_runs_on_the_packed_path_and_writes_the_same_text(target):
     """The engine apart from the method: transformers' generate() on the copy our loops run."""
     from specdec.enginebench import hf_method
@@ -430,6 +460,22 @@ def test_ablations_share_data_and_budget_and_report_spread(target):
     assert again[3] is saved[0]
     with pytest.raises(ValueError, match="unknown variants"):
         headablate.ablate(target, target, train_fs, held_fs, vocabs, cfg, ["bigger"], progress=False)
+
+
+def test_the_data_size_curve_fits_log_tokens_and_finds_where_it_reaches_a_goal():
+    from specdec import headablate
+
+    # tau = 1 + 0.5 log10(tokens / 1000): 1.5 at 10k, 2.0 at 100k, 2.5 at 1M
+    summary = [dict(variant="a quarter of the data", train_answer_tokens=10_000, tau=1.5, tau_lo=1.4, tau_hi=1.6),
+               dict(variant="half the data", train_answer_tokens=100_000, tau=2.0, tau_lo=1.9, tau_hi=2.1),
+               dict(variant="one unrolled step", train_answer_tokens=100_000, tau=9.0)]
+    curve = headablate.data_size_curve(summary, dict(train_answer_tokens=1_000_000, tau=2.5), goal=3.0)
+    assert list(curve["points"]["label"]) == ["a quarter of the data", "half the data", "the book's head"]
+    assert curve["slope"] == pytest.approx(0.5) and curve["goal_tokens"] == pytest.approx(1e7)
+    flat = headablate.data_size_curve(summary[:2], dict(train_answer_tokens=1e6, tau=1.0), goal=3.0)
+    assert flat["slope"] < 0 and flat["goal_tokens"] is None
+    with pytest.raises(ValueError, match="two data sizes"):
+        headablate.data_size_curve(summary[:1])
 
 
 def test_the_loss_scores_exactly_the_answer_positions(trained):

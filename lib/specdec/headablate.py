@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
 from .eagle import DRAFT_VOCAB
 
-__all__ = ["VARIANTS", "CHAPTER_VARIANTS", "ablate", "summarise_ablations", "run_ablations", "main"]
+__all__ = ["VARIANTS", "CHAPTER_VARIANTS", "ablate", "summarise_ablations", "data_size_curve", "run_ablations",
+           "main"]
 
 #: name -> what changes from the recipe: ``layers`` ("fused" or "top"), ``vocab`` (None: all),
 #: ``share`` of the training texts, ``steps`` unrolled (None: the recipe's), ``regression`` and
@@ -143,6 +145,55 @@ def summarise_ablations(rows: list[dict], figures=("tau", "agree_1", "predicted_
     return summary
 
 
+#: the variants that differ from the recipe only in the share of the training texts they see
+DATA_SIZE_VARIANTS = ("a quarter of the data", "half the data", "book's recipe")
+
+
+def data_size_curve(summary: list[dict], book: dict | None = None, figure: str = "tau",
+                    goal: float | None = None) -> dict:
+    """``figure`` against the answer tokens trained on: the data-size variants of ``summary``
+    (:func:`summarise_ablations`: median, lo, hi) and, where given, the book's head evaluated on
+    the same held-out texts (``book``: ``train_answer_tokens`` and the figure; trained on more
+    data, under its own budget). A least-squares line in log10(tokens) through the points
+    extrapolates: ``slope`` per tenfold of data, and with ``goal`` the tokens where the line
+    reaches it (None where it never does)."""
+    import pandas as pd
+
+    pts = [dict(label=r["variant"], tokens=r["train_answer_tokens"], value=r[figure], lo=r.get(f"{figure}_lo"),
+                hi=r.get(f"{figure}_hi")) for r in summary if r["variant"] in DATA_SIZE_VARIANTS]
+    if book is not None:
+        pts.append(dict(label="the book's head", tokens=book["train_answer_tokens"], value=book[figure], lo=None,
+                        hi=None))
+    df = pd.DataFrame(pts).sort_values("tokens").reset_index(drop=True)
+    if len(df) < 2:
+        raise ValueError("need at least two data sizes to draw a curve")
+    slope, intercept = np.polyfit(np.log10(df["tokens"].astype(float)), df["value"].astype(float), 1)
+    crossing = None
+    if goal is not None and slope > 0:
+        crossing = float(10 ** ((goal - intercept) / slope))
+    return dict(points=df, slope=float(slope), intercept=float(intercept), goal=goal, goal_tokens=crossing)
+
+
+def book_head_point(target, held_fs, steps: int) -> dict | None:
+    """The book's committed head (:func:`specdec.eagle.load_book_head`) evaluated on ``held_fs``
+    at ``steps`` drafts -- the data-size curve's largest point; None where no head is committed.
+    Its held-out texts contain these (the split keeps the first parts' held-out texts), so it
+    never trained on them."""
+    import json
+
+    from .eagle import book_head_dir, head_available, load_book_head
+    from .headloss import evaluate_head
+
+    if not head_available():
+        return None
+    head = load_book_head(target)
+    prov = json.loads((book_head_dir() / "head.json").read_text())["provenance"]
+    ev = evaluate_head(head, held_fs.with_layers(head.cfg.feature_layers), steps=steps, ranks=8)
+    return dict(train_answer_tokens=prov["n_train_answer_tokens"], answer_parts=prov.get("answer_parts"),
+                train_seconds=prov.get("train_seconds"), tau=ev["tau"], agree=ev["agree"], agree_1=ev["agree"][0],
+                rank_acceptance=ev["rank_acceptance"], commit=prov.get("commit"))
+
+
 def run_ablations(variants=CHAPTER_VARIANTS, repeats: int = 3, epochs: float = 4.0, patience: int = 6,
                   eval_every: int = 200, minutes_each: float | None = None, steps: int = 5,
                   max_parts: int | None = None, reference_tokens: int = 250_000, progress: bool = True,
@@ -221,7 +272,8 @@ def run_ablations(variants=CHAPTER_VARIANTS, repeats: int = 3, epochs: float = 4
     rows = ablate(target, engine, train_fs, held_fs, vocabularies, config, names, repeats, reference_fs, v, fused,
                   top, progress, done=done, on_row=save)
 
-    return dict(rows=rows, summary=summarise_ablations(rows), verify_cost=v, k=steps, path=path.label,
+    return dict(rows=rows, summary=summarise_ablations(rows), book_head=book_head_point(target, held_fs, steps),
+                verify_cost=v, k=steps, path=path.label,
                 precision=config.precision, precision_tokens_per_s=rates,
                 budget=dataclasses.asdict(config), answer_parts=len(parts), n_train_texts=len(train_fs),
                 n_train_answer_tokens=train_fs.n_answer_tokens, n_held_out_texts=len(held_fs),

@@ -33,7 +33,7 @@ from .steptime import verify_costs  # noqa: F401  (chapter 11 and the ablations 
 from .sampling import SamplingParams
 
 __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "position_survival",
-           "summarise_head",
+           "summarise_head", "plan_vs_measured", "ENGINE_STEPS", "engine_and_method",
            "head_report", "format_head_report"]
 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
@@ -174,6 +174,52 @@ def summarise_head(df, k: int) -> dict:
     out["fastest_transformers_method"] = fastest
     out["eagle_vs_fastest_transformers"] = out["speedups"][f"eagle_vs_{fastest}"]
     return out
+
+
+def plan_vs_measured(report: dict):
+    """The law's prediction beside the measurement, for the head's chain (at the K the run
+    drafted) and its greedy tree (the planned one): tokens per round and decode speedup over our
+    autoregressive loop, from a :func:`head_report`. The measured speedup is the median over
+    runs with its range."""
+    import pandas as pd
+
+    plan, fig = report["plan"], report["figures"]
+    chain = next(r for r in plan["chains"] if int(r["k"]) == report["k"])
+    tree = plan["tree"]
+    rows = []
+    for label, predicted, method in [(f"chain, K = {report['k']}", chain, "eagle"),
+                                     (f"tree, {tree['n_nodes']} nodes", tree, "eagle_tree")]:
+        sp = fig["speedups"][f"{method}_vs_autoregressive"]["decode"]
+        rows.append(dict(drafting=label, predicted_tau=float(predicted["expected_tokens"]),
+                         measured_tau=float(fig["tau"][method]["all"]), predicted_speedup=float(predicted["speedup"]),
+                         measured_speedup=sp["median"], measured_lo=sp["lo"], measured_hi=sp["hi"]))
+    return pd.DataFrame(rows).set_index("drafting")
+
+
+#: from `transformers`' generate() on the model as loaded to the head's tree: each step changes
+#: one thing (label, the faster method, the one it is timed against in the same run)
+ENGINE_STEPS = (("kernel path: generate() on the packed target", "hf_autoregressive_packed", "hf_autoregressive"),
+                ("our loop: autoregressive, packed target", "autoregressive", "hf_autoregressive_packed"),
+                ("drafter: the head's chain", "eagle", "autoregressive"),
+                ("tree: the head's tree over its chain", "eagle_tree", "eagle"))
+
+
+def engine_and_method(report: dict):
+    """What each layer contributes, from a :func:`head_report` run with the engine comparison:
+    the decode speedup of each step of :data:`ENGINE_STEPS` (median over paired runs, range),
+    and their running product, the speedup over `generate()` on the model as loaded."""
+    import pandas as pd
+
+    sps = report["figures"]["speedups"]
+    rows, total = [], 1.0
+    for label, mine, peer in ENGINE_STEPS:
+        key = f"{mine}_vs_{peer}"
+        if key not in sps:
+            raise KeyError(f"the run has no {key} comparison (record it with `python -m specdec.bench head`)")
+        d = sps[key]["decode"]
+        total *= d["median"]
+        rows.append(dict(step=label, speedup=d["median"], lo=d["lo"], hi=d["hi"], cumulative=total))
+    return pd.DataFrame(rows).set_index("step")
 
 
 def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:

@@ -404,6 +404,10 @@ def test_plan_beside_measurement_and_the_engine_split_read_one_report():
     assert chain.measured_tau == 1.8 and chain.measured_speedup == 1.5 and chain.measured_lo == 1.4
     tree = pm.loc["tree, 6 nodes"]
     assert tree.predicted_tau == 2.9 and tree.measured_tau == 2.4 and tree.measured_speedup == 1.8
+    # the miss splits exactly: speedup ratio = tau ratio / cost ratio
+    assert tree.tau_ratio / tree.cost_ratio == pytest.approx(1.8 / 2.1)
+    assert "below the prediction" in headbench.plan_gap(tree) and "acceptance accounts" in headbench.plan_gap(tree)
+    assert "within the range" in headbench.plan_gap(dict(chain, measured_hi=2.0))
     split = headbench.engine_and_method(report)
     assert list(split["speedup"]) == [1.2, 1.1, 1.5, 1.2]
     assert split["cumulative"].iloc[-1] == pytest.approx(1.2 * 1.1 * 1.5 * 1.2)

@@ -33,7 +33,7 @@ from .steptime import verify_costs  # noqa: F401  (chapter 11 and the ablations 
 from .sampling import SamplingParams
 
 __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "position_survival",
-           "summarise_head", "plan_vs_measured", "ENGINE_STEPS", "engine_and_method",
+           "summarise_head", "plan_vs_measured", "plan_gap", "ENGINE_STEPS", "engine_and_method",
            "head_report", "format_head_report"]
 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
@@ -193,7 +193,24 @@ def plan_vs_measured(report: dict):
         rows.append(dict(drafting=label, predicted_tau=float(predicted["expected_tokens"]),
                          measured_tau=float(fig["tau"][method]["all"]), predicted_speedup=float(predicted["speedup"]),
                          measured_speedup=sp["median"], measured_lo=sp["lo"], measured_hi=sp["hi"]))
-    return pd.DataFrame(rows).set_index("drafting")
+    df = pd.DataFrame(rows).set_index("drafting")
+    # speedup = tokens per round / cost per round, so a miss splits into the two exactly
+    df["tau_ratio"] = df["measured_tau"] / df["predicted_tau"]
+    df["cost_ratio"] = df["tau_ratio"] / (df["measured_speedup"] / df["predicted_speedup"])
+    return df
+
+
+def plan_gap(row) -> str:
+    """One sentence on a row of :func:`plan_vs_measured`: whether the predicted speedup lies in
+    the measured range, and otherwise which factor of the miss is larger -- tokens per round
+    (acceptance) or cost per round (what the law's ``v`` and ``c`` leave out)."""
+    if row["measured_lo"] <= row["predicted_speedup"] <= row["measured_hi"]:
+        return "The prediction lies within the range measured over runs."
+    ratio = row["measured_speedup"] / row["predicted_speedup"]
+    tau_off, cost_off = abs(np.log(row["tau_ratio"])), abs(np.log(row["cost_ratio"]))
+    return (f"The measurement is {abs(ratio - 1):.0%} {'below' if ratio < 1 else 'above'} the prediction: tokens per "
+            f"round came out at {row['tau_ratio']:.0%} of the expected and the cost per round at "
+            f"{row['cost_ratio']:.0%}, so {'acceptance' if tau_off >= cost_off else 'cost'} accounts for more of it.")
 
 
 #: from `transformers`' generate() on the model as loaded to the head's tree: each step changes

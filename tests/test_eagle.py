@@ -233,6 +233,9 @@ def test_head_benchmark_summarises_one_interleaved_run(target, trained):
         assert sp[key]["identical"] == sp[key]["runs"] == 4  # greedy: everyone writes the target's text
     assert set(f["tau"]) >= {"eagle", "eagle_t1", "ngram", "int4", "eagle_tree", "eagle_tree_t1", "ngram_tree"}
     assert 0 < f["tree_nodes"]["eagle_tree"] <= 6
+    by_domain = f["decode_speedup_by_domain"]
+    assert set(by_domain["eagle"]) == {"code", "conversation"} and set(by_domain) >= {"eagle", "ngram", "eagle_tree"}
+    assert all(d["lo"] <= d["median"] <= d["hi"] for m in by_domain.values() for d in m.values())
     assert all(v >= 1 for row in f["tau"].values() for v in row.values())
     assert all(0 <= a <= 1 for a in f["position_acceptance"]["eagle"])
     assert f["fastest_transformers_method"] in headbench.THEIRS and f["cost_ratio"]["eagle"] > 0

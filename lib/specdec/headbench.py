@@ -168,6 +168,11 @@ def summarise_head(df, k: int) -> dict:
     if "hf_autoregressive_packed" in set(df["method"]):  # the engine apart from the method
         pairs += [("hf_autoregressive_packed", "hf_autoregressive"), ("autoregressive", "hf_autoregressive_packed")]
     out["speedups"] = {f"{a}_vs_{b}": paired_speedups(df, a, b) for a, b in pairs}
+    # where each drafter pays: the decode speedup over plain decoding, domain by domain
+    domains = sorted(set(df["domain"]))
+    out["decode_speedup_by_domain"] = {
+        m: {d: paired_speedups(df[df["domain"] == d], m, "autoregressive")["decode"] for d in domains}
+        for m in ("eagle", "eagle_tree", "ngram", "ngram_tree", "int4")}
     # the fastest thing transformers offers here, end to end: the head against it
     theirs = {m: float(np.median([r.total_s for r in df[df["method"] == m]["result"]])) for m in THEIRS}
     fastest = min(theirs, key=theirs.get)

@@ -268,6 +268,19 @@ def test_feature_sets_keep_a_subset_of_layers(target):
         both.with_layers((2,))
 
 
+def test_cached_features_are_the_extracted_ones_and_keep_their_extraction_time(target, tmp_path):
+    groups = [("part-a", _samples(target, 3, seed=7, length=6)), ("part-b", _samples(target, 2, seed=8, length=6))]
+    first, second = {}, {}
+    made = headdata.cached_features(target, groups, (1, 3), "key", tmp_path, progress=False, stats=first)
+    assert first["extracted"] == 2 and first["loaded"] == 0 and first["extract_seconds"] > 0
+    assert len(list(tmp_path.glob("*.json"))) == 2  # each cached group records how long it took
+    again = headdata.cached_features(target, groups, (1, 3), "key", tmp_path, progress=False, keep=(3,), stats=second)
+    assert second["loaded"] == 2 and second["extracted"] == 0 and second["untimed"] == 0
+    assert second["extract_seconds"] == pytest.approx(first["extract_seconds"])
+    for a, b in zip(again.features, made.with_layers((3,)).features):
+        torch.testing.assert_close(a, b)
+
+
 def test_trained_lm_rows_train_and_save_while_the_teacher_stays_the_targets(target, trained, tmp_path):
     _, _, held, _ = trained
     d2t = trained[1].d2t

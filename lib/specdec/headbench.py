@@ -33,7 +33,7 @@ from .steptime import verify_costs  # noqa: F401  (chapter 11 and the ablations 
 from .sampling import SamplingParams
 
 __all__ = ["OURS", "THEIRS", "results_path", "run_head_benchmark", "tau_table", "position_acceptance", "position_survival",
-           "summarise_head", "plan_vs_measured", "plan_gap", "ENGINE_STEPS", "engine_and_method",
+           "summarise_head", "plan_vs_measured", "plan_gap", "bench_samples", "ENGINE_STEPS", "engine_and_method",
            "head_report", "format_head_report"]
 
 OURS = ("autoregressive", "eagle", "ngram", "int4", "autoregressive_t1", "eagle_t1", "eagle_tree", "eagle_tree_t1",
@@ -242,6 +242,26 @@ def engine_and_method(report: dict):
         total *= d["median"]
         rows.append(dict(step=label, speedup=d["median"], lo=d["lo"], hi=d["hi"], cumulative=total))
     return pd.DataFrame(rows).set_index("step")
+
+
+def bench_samples(report: dict, tokenizer, method: str = "autoregressive", repeat: int = 0) -> list:
+    """The benchmark's prompts with the target's own greedy answers, as training-style texts
+    (:class:`specdec.headdata.Sample`), from a :func:`head_report`'s records of ``method``: what
+    the head met in the run, to evaluate it on exactly as on its held-out answers."""
+    from .headdata import Sample
+    from .prompts import DOMAINS, encode_prompt, load_prompts
+
+    prompts = {p["id"]: p for d in DOMAINS for p in load_prompts(d, report["n_per_domain"])}
+    out = []
+    for rec in report["records"]:
+        if rec["method"] != method or rec["repeat"] != repeat:
+            continue
+        prompt = encode_prompt(tokenizer, prompts[rec["prompt_id"]]["prompt"]).tolist()
+        # a record keeps the tokens generated after the prompt
+        out.append(Sample(prompt, list(rec["tokens"]), rec["prompt_id"].split("/")[0], rec["prompt_id"]))
+    if not out:
+        raise ValueError(f"no records of {method!r}, repeat {repeat}")
+    return out
 
 
 def head_step_cost(head, model, context: int = 256, repeats: int = 20) -> float:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,27 +340,47 @@ def feature_cache_key(target, path) -> str:
 
 
 def cached_features(target, groups: list[tuple[str, list[Sample]]], feature_layers: tuple[int, ...], key: str,
-                    cache_dir=None, progress: bool = True, keep: tuple[int, ...] | None = None) -> FeatureSet:
+                    cache_dir=None, progress: bool = True, keep: tuple[int, ...] | None = None,
+                    stats: dict | None = None) -> FeatureSet:
     """:func:`extract_features` of each named group of samples (an answers part, the reference
     text), read from ``cache_dir`` where an earlier run saved it under the same ``key`` (say
     the target's path and the layers) and number of texts, else computed and saved there: a
     stopped run loses at most the group in progress. The groups' features, concatenated, with
     only the layers ``keep`` (default: all of ``feature_layers``), dropped group by group so the
-    whole set of cached layers is never in memory at once."""
+    whole set of cached layers is never in memory at once.
+
+    ``stats`` (a dict), where given, receives how many groups were ``loaded`` and ``extracted``
+    and ``extract_seconds``: the seconds the extraction of every group took when it was made,
+    this run or an earlier one (recorded beside each cached file; a file cached without that
+    record counts in ``untimed``)."""
     import hashlib
 
     cache_dir = features_cache_dir() if cache_dir is None else Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     sets = []
+    counts = dict(loaded=0, extracted=0, untimed=0, extract_seconds=0.0)
     for name, samples in tqdm(groups, desc="feature groups", disable=not progress or len(groups) < 2):
         digest = hashlib.sha1(json.dumps([key, list(feature_layers), [s.tokens for s in samples]]).encode()).hexdigest()
         path = cache_dir / f"{name}-{digest[:12]}.pt"
+        timing = path.with_suffix(".json")
         if path.is_file():
             fs = FeatureSet.load(path)
+            counts["loaded"] += 1
+            if timing.is_file():
+                counts["extract_seconds"] += json.loads(timing.read_text())["seconds"]
+            else:
+                counts["untimed"] += 1
         else:
+            t0 = time.perf_counter()
             fs = extract_features(target, samples, feature_layers, progress=progress)
+            seconds = time.perf_counter() - t0
             tmp = path.with_name(path.name + ".partial")
             fs.save(tmp)
             tmp.replace(path)
+            timing.write_text(json.dumps(dict(seconds=seconds, texts=len(samples))) + "\n")
+            counts["extracted"] += 1
+            counts["extract_seconds"] += seconds
         sets.append(fs if keep is None else fs.with_layers(keep))
+    if stats is not None:
+        stats.update(counts)
     return FeatureSet.concat(sets)

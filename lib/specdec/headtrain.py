@@ -300,7 +300,8 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     key = feature_cache_key(target, path)
     t = time.perf_counter()
     groups = [(name, part) for name, part, _ in parts]
-    everything = cached_features(engine, groups, cached, key, cache_dir, progress, keep=layers)
+    cache_stats: dict = {}
+    everything = cached_features(engine, groups, cached, key, cache_dir, progress, keep=layers, stats=cache_stats)
     index = {id(s): i for i, s in enumerate(samples)}
     train_fs = everything.subset([index[id(s)] for s in train])
     held_fs = everything.subset([index[id(s)] for s in held])
@@ -313,6 +314,7 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
         train_fs = FeatureSet.concat([train_fs, cached_features(engine, [(f"reference-{reference_tokens}", extra)],
                                                                cached, key, cache_dir, progress, keep=layers)])
     info["feature_seconds"] = time.perf_counter() - t
+    info["feature_cache"] = cache_stats  # groups loaded from the cache or extracted, and the extraction's seconds
     if config.precision == "auto":  # the precision of a checkpoint's run, else the faster one here
         import dataclasses
 
@@ -325,7 +327,8 @@ def build_head(target, tokenizer, answers=None, max_parts: int | None = None, dr
     info["precision"] = config.precision
     t = time.perf_counter()
     history = train_head(head, train_fs, held_fs, config, progress=progress, checkpoint=checkpoint)
-    info["train_seconds"] = time.perf_counter() - t
+    info["train_seconds_this_run"] = time.perf_counter() - t
+    info["train_seconds"] = float(history["seconds"].iloc[-1])  # every run since the first step, evaluations included
     info["held_out_eval"] = evaluate_head(head, held_fs, steps=config.k, by_domain=True, ranks=8)
     info.update(n_train_texts=len(train_fs), n_held_out_texts=len(held), n_train_answer_tokens=n_answer_tokens,
                 n_train_tokens=train_fs.n_answer_tokens, n_held_out_answer_tokens=held_fs.n_answer_tokens,

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The tests run tiny models, for which a second thread costs more than it gains.
 torch.set_num_threads(1)
 
-from .helpers import tiny_llama  # noqa: E402  (after the environment above: it imports specdec)
+from .helpers import V, tiny_llama  # noqa: E402  (after the environment above: it imports specdec)
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +23,10 @@ def tiny_drafts(tiny_target):
     same = tiny_llama(seed=0)
     other = tiny_llama(seed=1, n_layers=1)
     return {"same": same, "other": other}
+
+
+@pytest.fixture(scope="session")
+def small_vocab_pair():
+    """A target and a one-layer draft over a vocabulary of ``V`` tokens, small enough for the
+    exact distribution of a short continuation to be enumerated."""
+    return tiny_llama(vocab=V, seed=4, init=0.3), tiny_llama(vocab=V, seed=5, n_layers=1, init=0.3)

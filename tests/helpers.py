@@ -4,7 +4,11 @@ Test files import them package-relatively (``from .helpers import tiny_llama``);
 wrap them live in ``conftest.py``.
 """
 
+import itertools
+
+import numpy as np
 import torch
+from scipy import stats
 
 from specdec.analysis import BenchmarkConfig
 from specdec.metrics import GenerationResult
@@ -19,6 +23,43 @@ def tiny_llama(n_layers=4, vocab=256, seed=0, init=0.2):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       initializer_range=init, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return LlamaForCausalLM(cfg).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact distribution of a short sampled continuation, and a chi-square test against it
+# ---------------------------------------------------------------------------------------------
+
+V, N_NEW, N_RUNS = 6, 3, 2000
+
+
+def exact_sequence_distribution(model, prompt, params):
+    """P(x1, x2, x3 | prompt) under the target, by enumerating every continuation."""
+    from specdec.sampling import probs_from_logits
+
+    probs = {}
+    with torch.inference_mode():
+        for seq in itertools.product(range(V), repeat=N_NEW):
+            p, ctx = 1.0, prompt
+            for t in seq:
+                p *= float(probs_from_logits(model(ctx[None]).logits[0, -1], params)[t])
+                ctx = torch.cat([ctx, torch.tensor([t])])
+            probs[seq] = p
+    return probs
+
+
+def sequence_chisquare(sampler, model, prompt, params):
+    exact = exact_sequence_distribution(model, prompt, params)
+    counts = {s: 0 for s in exact}
+    for seed in range(N_RUNS):
+        counts[tuple(sampler(seed))] += 1
+    keys = sorted(exact, key=exact.get, reverse=True)
+    expected = np.array([exact[s] for s in keys]) * N_RUNS
+    observed = np.array([counts[s] for s in keys], dtype=float)
+    # pool the rare sequences so that every expected count is >= 5
+    big = expected >= 5
+    exp = np.append(expected[big], expected[~big].sum())
+    obs = np.append(observed[big], observed[~big].sum())
+    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
 
 # ---------------------------------------------------------------------------------------------

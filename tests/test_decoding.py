@@ -1,11 +1,7 @@
 """The loops: greedy identity with the target, exact sampling distribution, bookkeeping, bad input."""
 
-import itertools
-
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 import specdec.decoding as decoding
 from specdec.decoding import autoregressive_generate, speculative_generate
@@ -13,7 +9,7 @@ from specdec.drafters import ModelDrafter, NGramDrafter
 from specdec.metrics import GenerationResult, read_jsonl, write_jsonl
 from specdec.sampling import SamplingParams
 
-from .helpers import tiny_llama
+from .helpers import N_NEW, sequence_chisquare, tiny_llama
 
 KS = [1, 2, 4, 8]
 
@@ -127,44 +123,6 @@ def test_bad_input(tiny_target, prompt):
 
 
 # --- the full loop samples exactly from the target ------------------------------------------
-
-V, N_NEW, N_RUNS = 6, 3, 2000
-
-
-def exact_sequence_distribution(model, prompt, params):
-    """P(x1, x2, x3 | prompt) under the target, by enumerating every continuation."""
-    from specdec.sampling import probs_from_logits
-
-    probs = {}
-    with torch.inference_mode():
-        for seq in itertools.product(range(V), repeat=N_NEW):
-            p, ctx = 1.0, prompt
-            for t in seq:
-                p *= float(probs_from_logits(model(ctx[None]).logits[0, -1], params)[t])
-                ctx = torch.cat([ctx, torch.tensor([t])])
-            probs[seq] = p
-    return probs
-
-
-def sequence_chisquare(sampler, model, prompt, params):
-    exact = exact_sequence_distribution(model, prompt, params)
-    counts = {s: 0 for s in exact}
-    for seed in range(N_RUNS):
-        counts[tuple(sampler(seed))] += 1
-    keys = sorted(exact, key=exact.get, reverse=True)
-    expected = np.array([exact[s] for s in keys]) * N_RUNS
-    observed = np.array([counts[s] for s in keys], dtype=float)
-    # pool the rare sequences so that every expected count is >= 5
-    big = expected >= 5
-    exp = np.append(expected[big], expected[~big].sum())
-    obs = np.append(observed[big], observed[~big].sum())
-    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
-
-
-@pytest.fixture(scope="module")
-def small_vocab_pair():
-    return tiny_llama(vocab=V, seed=4, init=0.3), tiny_llama(vocab=V, seed=5, n_layers=1, init=0.3)
-
 
 def test_sampled_speculative_sequences_follow_the_target(small_vocab_pair):
     target, draft = small_vocab_pair

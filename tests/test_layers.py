@@ -13,12 +13,13 @@ PACKAGE = Path(specdec.__file__).parent
 LAYERS = {
     1: {"sampling", "theory", "metrics", "checks", "profiling", "provenance", "book", "profiles", "cli",
         "roofline"},  # figures, and chapter 1's cost model
-    2: {"cache", "tokentree"},  # the cache, and the tree structure its tree pass reads
-    3: {"drafters", "decoding", "trees", "steptime", "microbench"},  # drafting, the loops, timing a pass
+    2: {"cache", "batchcache", "tokentree"},  # the caches, and the tree structure the tree pass reads
+    3: {"drafters", "decoding", "batchdecoding", "trees", "steptime", "microbench"},  # drafting, loops, timing
     4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers", "stepcosts",
-        "vocabs"},
+        "vocabs", "serving"},
     5: {"eagle", "headdata", "headanswers", "headloss", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
-    6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "analysis", "plots", "display"},  # measuring
+    6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "servebench", "analysis",
+        "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points
 }
 LAYER = {m: n for n, mods in LAYERS.items() for m in mods}

@@ -14,6 +14,8 @@ seen -- over one cache whose rows share their columns:
   the attention mask (built per pass from the validity of every column, row by row) hides them
   from every later query. Each row's position ids count its own valid tokens, so a token's
   rotary position is what it would be in a cache of that row alone;
+* columns that no row holds any more at the end of the cache are forgotten
+  (:meth:`BatchedLM.trim`), so a round whose rows all reject their last drafts does not widen it;
 * a row that is finished leaves the batch (:meth:`BatchedLM.keep_rows`), so that the passes
   that follow compute only the rows still generating.
 
@@ -129,6 +131,17 @@ class BatchedLM:
             self.rows[b] += x
         self.width = end
         return [out.logits[b, out.logits.shape[1] - n:] for b, n in enumerate(n_last)]
+
+    @torch.inference_mode()
+    def trim(self) -> None:
+        """Forget the trailing columns no row holds a token in (after every row rolled back past
+        them): the next pass writes there again, and attention reads fewer columns."""
+        width = max((w[-1] + 1 for w in self.where if w), default=0)
+        if width < self.width:
+            self.valid[:, width:] = False
+            for layer in self._layers():
+                layer.crop(width - layer.length)
+            self.width = width
 
     def _reserve(self, width: int) -> None:
         if width > self.valid.shape[1]:

@@ -143,6 +143,7 @@ def batch_generate(model: torch.nn.Module, prompts, max_new_tokens: int, drafter
                 emit(i, d[:acc] + [nxt])
         for j, n_keep in kept:
             lm.crop(j, n_keep)  # roll back past the row's rejected draft tokens
+        lm.trim()
         now = timer.now()
         for i in active:
             round_s[i].append(now - t_round)

@@ -147,3 +147,13 @@ def test_negative_control_always_accept_fails(small_vocab_pair, monkeypatch):
     pvalue = sequence_chisquare(
         lambda s: speculative_generate(target, drafter, prompt, N_NEW, 2, params, seed=s).tokens, target, prompt, params)
     assert pvalue < 1e-6
+
+
+def test_ngram_drafter_takes_the_longest_match_latest_or_earliest():
+    seq = [1, 2, 3, 7, 8, 9, 2, 3, 5, 6, 0, 2, 3]  # "2 3" occurs twice before its last occurrence
+    assert NGramDrafter().propose(seq, 2)[0].tolist() == [5, 6]
+    assert NGramDrafter(prefer="earliest").propose(seq, 2)[0].tolist() == [7, 8]
+    assert NGramDrafter(max_ngram=1).propose([4, 5, 4, 6, 4], 1)[0].tolist() == [6]
+    assert NGramDrafter().propose([1, 2, 3], 2)[0].tolist() == []
+    with pytest.raises(ValueError, match="prefer"):
+        NGramDrafter(prefer="first")

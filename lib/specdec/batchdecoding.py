@@ -38,7 +38,7 @@ __all__ = ["batch_generate"]
 
 def batch_generate(model: torch.nn.Module, prompts, max_new_tokens: int, drafter=None, k: int = 4,
                    params: SamplingParams = GREEDY, stop_ids=frozenset(), seed: int = 0, progress: bool = False,
-                   compact_at: float = 0.5) -> list[GenerationResult]:
+                   compact_at: float = 0.5, on_round=None) -> list[GenerationResult]:
     """Generate for every prompt of ``prompts`` (token id lists or 1-D tensors) in one batch.
 
     With a ``drafter`` each round drafts up to ``k`` tokens per row (method
@@ -47,6 +47,8 @@ def batch_generate(model: torch.nn.Module, prompts, max_new_tokens: int, drafter
     rounds and token times; ``total_s`` is the time at which that row finished, ``phase_s``
     the whole batch's phases, ``meta["batch"]`` the batch size. When holes (rejected and
     padded columns) exceed ``compact_at`` of the cache's cells, the cache is compacted.
+    ``on_round(lm, rows)`` is called after every round with the cache and the prompt index of
+    each of its rows (to draw it).
     """
     prompts = [torch.as_tensor(p, dtype=torch.long).reshape(-1).tolist() for p in prompts]
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -144,6 +146,8 @@ def batch_generate(model: torch.nn.Module, prompts, max_new_tokens: int, drafter
         for j, n_keep in kept:
             lm.crop(j, n_keep)  # roll back past the row's rejected draft tokens
         lm.trim()
+        if on_round is not None:
+            on_round(lm, list(active))
         now = timer.now()
         for i in active:
             round_s[i].append(now - t_round)

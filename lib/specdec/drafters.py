@@ -95,12 +95,16 @@ class ModelDrafter:
 class NGramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the text's last n tokens and
     propose what followed it (Saxena, 2023). Costs no model call; proposes nothing when
-    there is no match, and the round is then an ordinary decoding step."""
+    there is no match, and the round is then an ordinary decoding step. The longest n-gram
+    (up to ``max_ngram``) that occurs is used; ``prefer="earliest"`` takes its first occurrence
+    instead of its latest (vLLM's n-gram proposer does)."""
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, name: str = "ngram"):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, name: str = "ngram", prefer: str = "latest"):
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
-        self.max_ngram, self.min_ngram, self.name = max_ngram, min_ngram, name
+        if prefer not in ("latest", "earliest"):
+            raise ValueError(f"prefer must be 'latest' or 'earliest', got {prefer!r}")
+        self.max_ngram, self.min_ngram, self.name, self.prefer = max_ngram, min_ngram, name, prefer
 
     def reset(self) -> None:
         pass
@@ -111,7 +115,7 @@ class NGramDrafter:
             windows = seq.unfold(0, n, 1)[:-1]  # every earlier n-gram (the last one is the pattern)
             hits = (windows == seq[-n:]).all(-1).nonzero()
             if len(hits):
-                start = int(hits[-1]) + n
+                start = int(hits[-1 if self.prefer == "latest" else 0]) + n
                 return seq[start : start + k].clone(), None
         return torch.empty(0, dtype=torch.long), None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Sweep", "HeadBudget", "Profile", "PROFILES", "get_profile"]
+__all__ = ["Sweep", "HeadBudget", "ServingBudget", "Profile", "PROFILES", "get_profile"]
 
 _OFFLINE = ("smollm2_ngram", "smollm2_nf4", "smollm2_early", "synthetic-eps0.05", "synthetic-eps0.2")
 _SEED = ("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self")
@@ -50,6 +50,15 @@ class HeadBudget:
 
 
 @dataclass(frozen=True)
+class ServingBudget:
+    """What chapter 12 runs live: ``n_per_domain`` benchmark prompts per domain, ``max_new_tokens``
+    each, through our batched loop and one short load of a local vLLM server."""
+
+    n_per_domain: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     n_prompts: int  # prompts per domain
@@ -62,6 +71,7 @@ class Profile:
     sweep: Sweep  # the profile's whole benchmark (recorded once, committed for `cpu`)
     live: Sweep  # the bounded benchmark a chapter runs while the book builds
     head: HeadBudget = HeadBudget(n_texts=48, minutes=1.0, n_per_domain=1, max_new_tokens=24)
+    serving: ServingBudget = ServingBudget(n_per_domain=1, max_new_tokens=16)
 
 
 # The live run of a chapter: small enough that a 2-core laptop builds the page in minutes; the
@@ -76,13 +86,15 @@ PROFILES = {
                    n_repeats=5, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9), device="cpu",
                    sweep=Sweep(pairs=_OFFLINE, n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8),
                                temperatures=(0.0, 1.0)),
-                   live=_LIVE, head=HeadBudget(n_texts=96, minutes=1.5, n_per_domain=2, max_new_tokens=48)),
+                   live=_LIVE, head=HeadBudget(n_texts=96, minutes=1.5, n_per_domain=2, max_new_tokens=48),
+                   serving=ServingBudget(n_per_domain=1, max_new_tokens=32)),
     "full": Profile("full", n_prompts=20, max_new_tokens=128, ks=(1, 2, 4, 8), n_samples=1_000_000,
                     n_repeats=10, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9, 0.95), device="cuda",
                     sweep=Sweep(pairs=_SEED + _OFFLINE[:3], n_prompts=20, max_new_tokens=128, ks=(1, 2, 4, 8),
                                 temperatures=(0.0, 1.0)),
                     live=Sweep(pairs=("smollm2_ngram", "gpt2_dev"), n_prompts=1, max_new_tokens=64, ks=(1, 4)),
-                    head=HeadBudget(n_texts=1600, minutes=10.0, n_per_domain=4, max_new_tokens=128)),
+                    head=HeadBudget(n_texts=1600, minutes=10.0, n_per_domain=4, max_new_tokens=128),
+                    serving=ServingBudget(n_per_domain=4, max_new_tokens=64)),
 }
 
 

@@ -9,7 +9,8 @@ here (:func:`specdec.fastpath.choose_path`) and vLLM in the same dtype:
   were there (:func:`near_tie`);
 * **the engine's figures beside the book's** -- vLLM's speculative counters over the prompts
   answered one at a time with its prompt lookup (:func:`specdec.serving.engine_figures`), and
-  our loop's tau and acceptance by position with the same drafter settings;
+  our loop's tau and acceptance by position with the same drafter settings (the longest n-gram,
+  its earliest occurrence, as vLLM's proposer takes it; our loop drafts so here throughout);
 * **under load** -- a bounded load of streamed requests at each concurrency (or a request rate,
   Poisson arrivals), with and without speculation: throughput, time to first token, time per
   output token, the gap between chunks (:func:`run_load`, :func:`summarise_load`);
@@ -173,7 +174,7 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
     from .loaders import load_smollm2, smollm2_dir
     from .metrics import acceptance_by_position, survival_by_position, tokens_per_round
     from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
-    from .serving import engine_figures, spec_metrics
+    from .serving import engine_figures, spec_metrics, vllm_version
     from .steptime import batch_verify_costs
 
     model, tokenizer = load_smollm2()
@@ -188,12 +189,15 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
                 name="smollm2", reserved_cpus=reserved_cpus, max_num_seqs=max(max(concurrency), 16))
     configs = {"plain": ServeConfig(**base), "ngram": ServeConfig(**base, method="ngram")}
 
+    def lookup():  # prompt lookup as vLLM's proposer does it: the longest n-gram, its earliest occurrence
+        return NGramDrafter(ngram[1], ngram[0], prefer="earliest")
+
     ours = [autoregressive_generate(model, torch.tensor(p), max_tokens, stop_ids=stops).tokens for p in ids]
-    ours_ngram = [speculative_generate(model, NGramDrafter(ngram[1], ngram[0]), torch.tensor(p), max_tokens, k,
+    ours_ngram = [speculative_generate(model, lookup(), torch.tensor(p), max_tokens, k,
                                        stop_ids=stops) for p in ids]
-    report = dict(k=k, ngram=list(ngram), dtype=dtype, path=path.label, max_tokens=max_tokens, concurrency=list(concurrency),
+    report = dict(vllm_version=vllm_version(), k=k, ngram=list(ngram), dtype=dtype, path=path.label, max_tokens=max_tokens, concurrency=list(concurrency),
                   rates=list(rates), repeats=repeats, prompts=[dict(domain=d, id=i) for d, i, _ in prompts],
-                  identity=[], load=[], ours_batch=[], server_start_s=[])
+                  identity=[], load=[], ours_batch=[], server_start_s=[], ours_tokens=ours)
     drafted = [d for r in ours_ngram for d in r.drafted_per_round]
     accepted = [a for r in ours_ngram for a in r.accepted_per_round]
     report["ours_figures"] = dict(tau=tokens_per_round(drafted, accepted),
@@ -212,6 +216,7 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
                 if rep == 0:  # one at a time: the answers, and the engine's counters
                     before = spec_metrics(server.metrics_text())
                     theirs = [server.complete(p, max_tokens).tokens for p in ids]
+                    report.setdefault("vllm_tokens", {})[name] = theirs
                     figures = engine_figures(before, spec_metrics(server.metrics_text()))
                     if name == "ngram":
                         report["engine_figures"] = figures
@@ -232,7 +237,7 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
         for c in concurrency:  # the server is stopped: our loop has the cores to itself
             n_req = max(2 * c, len(ids))
             for name in (order if rep % 2 == 0 else order[::-1]):
-                drafter = NGramDrafter(ngram[1], ngram[0]) if name == "ngram" else None
+                drafter = lookup() if name == "ngram" else None
                 report["ours_batch"].append(dict(engine="ours", method=name, repeat=rep,
                                                  **our_batch_load(model, ids, c, n_req, max_tokens, drafter, k)))
     report["batch_costs"] = {int(b): v for b, v in batch_verify_costs(model, concurrency, (1, k + 1)).items()}

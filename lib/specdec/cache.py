@@ -181,12 +181,7 @@ class CachedLM:
 
     def common_prefix(self, seq) -> int:
         """Length of the longest common prefix of the cached tokens and ``seq``."""
-        seq = _as_list(seq)
-        mine = self.tokens
-        n = min(len(mine), len(seq))
-        if mine[:n] == seq[:n]:
-            return n
-        return next(i for i, (a, b) in enumerate(zip(mine, seq)) if a != b)
+        return shared_prefix(self.tokens, _as_list(seq))
 
     def features(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """The kept layers' outputs ``(end - start, len(feature_layers) * hidden)`` for cached
@@ -332,6 +327,14 @@ class CachedLM:
         self._pending.append(tokens)
         self._n_pending += len(tokens)
         return logits
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
 
 
 def _as_list(seq) -> list[int]:

@@ -1,6 +1,7 @@
 """The serving harness: the engine's counters read and turned into the book's figures, bad input
 refused, and -- where the serving environment exists -- a real server started, answering greedy
-requests as our loop does, and stopped with nothing left behind, also when it fails to start."""
+requests as our loop does, and stopped with nothing left behind, also when it fails to start, when
+Ctrl-C interrupts a load, and when the caller is killed outright."""
 
 import socket
 
@@ -137,3 +138,87 @@ def test_served_greedy_answer_and_stop():
     if at is not None:
         assert servebench.near_tie(model, ids, ours, at)["gap"] < 0.5
     assert after["drafts"] > before["drafts"]
+
+
+LOAD_THEN_WAIT = """
+import sys
+from specdec import servebench
+from specdec.loaders import smollm2_dir
+from specdec.serving import ServeConfig, VLLMServer
+
+if __name__ == "__main__":
+    with VLLMServer(ServeConfig(str(smollm2_dir()))) as server:
+        print("PGID", server.pid, flush=True)
+        servebench.run_load(server, [[1, 2, 3]], concurrency=2, n_requests=500, max_tokens=64,
+                            progress=False)
+    print("the load ended without the interrupt", flush=True)
+"""
+
+
+@needs_vllm
+def test_ctrl_c_during_a_load_stops_the_server(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_THEN_WAIT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PGID"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        pgid = int(line.split()[1])
+        time.sleep(3)  # the load is under way: 500 requests would take minutes
+        assert proc.poll() is None and not gone(pgid)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "KeyboardInterrupt" in err and "without the interrupt" not in out
+    assert gone(pgid)
+
+
+SERVE_THEN_SLEEP = """
+import time
+from specdec.loaders import smollm2_dir
+from specdec.serving import ServeConfig, VLLMServer
+
+if __name__ == "__main__":
+    server = VLLMServer(ServeConfig(str(smollm2_dir()))).start()
+    print("PGID", server.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@needs_vllm
+def test_a_caller_killed_outright_takes_its_server_with_it(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_THEN_SLEEP)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PGID"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        pgid = int(line.split()[1])
+        assert not gone(pgid)
+        proc.kill()  # SIGKILL: no atexit, no ``with``, no clean-up in the caller at all
+        proc.wait(timeout=10)
+        deadline = time.perf_counter() + 60
+        while not gone(pgid) and time.perf_counter() < deadline:
+            time.sleep(0.5)
+        assert gone(pgid), serving.group_members(pgid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "pgid" in locals() and not gone(pgid):  # leave nothing behind even when the check fails
+            import os
+            import signal
+
+            os.killpg(pgid, signal.SIGKILL)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -60,12 +60,12 @@ def run_load(server: VLLMServer, prompts: list[list[int]], concurrency: int, n_r
     arrivals = np.zeros(n_requests) if rate is None else np.cumsum(rng.exponential(1 / rate, n_requests))
     bar = tqdm(total=n_requests, desc=f"load c={concurrency}", leave=False, disable=not progress)
     lock = threading.Lock()
+    halt = threading.Event()  # set on Ctrl-C or an error: requests not yet sent are dropped
     t0 = time.perf_counter()
 
     def one(i):
-        wait = arrivals[i] - (time.perf_counter() - t0)
-        if wait > 0:
-            time.sleep(wait)
+        if halt.wait(max(0.0, arrivals[i] - (time.perf_counter() - t0))):
+            return None
         if time.perf_counter() - t0 > max_seconds:
             return None
         c = server.complete(prompts[i % len(prompts)], max_tokens, ignore_eos=True)
@@ -74,9 +74,26 @@ def run_load(server: VLLMServer, prompts: list[list[int]], concurrency: int, n_r
             bar.update(1)
         return c
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        done = [c for c in pool.map(one, range(n_requests)) if c is not None]
-    bar.close()
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    futures = [pool.submit(one, i) for i in range(n_requests)]
+    try:
+        # wait in short slices, so that Ctrl-C reaches the caller (whose ``with VLLMServer`` then
+        # stops the server) instead of waiting for every queued request
+        while True:
+            finished, pending = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()
+            if not pending:
+                break
+        done = [c for c in (f.result() for f in futures) if c is not None]
+    except BaseException:
+        halt.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()
     end = max((c.sent_at + c.latency for c in done), default=t0)
     return done, end - t0
 

@@ -192,6 +192,19 @@ def _stop_all():
 atexit.register(_stop_all)
 
 
+def _end_with_parent() -> None:
+    """In the child, before vLLM starts: ask Linux to send it SIGTERM when the thread that
+    started it ends -- so a caller killed outright (``kill -9``, which runs no clean-up, or a
+    ``kill`` of a script started in the background, where Ctrl-C is ignored) takes its server
+    with it. vLLM then stops its own engine processes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the atexit and ``with`` clean-up remain
+        pass
+
+
 class VLLMServer:
     """vLLM's OpenAI-compatible server on ``127.0.0.1``: ``with VLLMServer(config) as s: ...``.
 
@@ -247,7 +260,8 @@ class VLLMServer:
         t0 = time.perf_counter()
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.environment(), start_new_session=True)
+                                         env=self.environment(), start_new_session=True,
+                                         preexec_fn=_end_with_parent)
         self.pid = self.proc.pid  # also the id of its process group
         _RUNNING.add(self)
         try:

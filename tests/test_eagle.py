@@ -565,3 +565,39 @@ def test_bfloat16_training_learns_and_measuring_it_changes_nothing(target, train
                                    progress=False)
     assert history["held_out_loss"].iloc[-1] < history["held_out_loss"].iloc[0]
     assert all(p.dtype == torch.float32 for p in head.parameters())  # the weights stay float32
+
+
+def test_eagle3_export_is_the_same_head_in_the_engines_convention(target, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from specdec import eagle3export
+
+    head = trained[1]
+    out = eagle3export.export_eagle3(head, tmp_path / "e3", target.config, dtype=torch.float32)
+    state = load_file(out / "model.safetensors")
+    cfg = __import__("json").loads((out / "config.json").read_text())
+    assert cfg["eagle_aux_hidden_state_layer_ids"] == [i + 1 for i in head.cfg.feature_layers]
+    assert cfg["draft_vocab_size"] == len(head.d2t) and cfg["vocab_size"] == V
+    # EAGLE-3's d2t holds offsets: target id = draft index + d2t[draft index]
+    assert torch.equal(torch.arange(len(head.d2t)) + state["d2t"], head.d2t)
+    assert state["t2d"].sum() == len(head.d2t) and state["t2d"][head.d2t].all()
+    H = head.cfg.hidden_size
+    assert state["fc.weight"].shape == (H, len(head.cfg.feature_layers) * H)
+    # the engine's layer reads [token embedding, feature]: its q from the exported weights is ours
+    f, tok = torch.randn(3, H), torch.tensor([4, 9, 200])
+    emb = target.get_input_embeddings().weight[tok]
+    x = torch.cat([emb * torch.rsqrt(emb.pow(2).mean(-1, keepdim=True) + head.cfg.rms_norm_eps)
+                   * state["midlayer.input_layernorm.weight"],
+                   f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + head.cfg.rms_norm_eps)
+                   * state["midlayer.hidden_norm.weight"]], -1)
+    ours = torch.cat([head.norm_feature(f), head.norm_token(emb)], -1) @ head.q_proj.weight.T
+    torch.testing.assert_close(x @ state["midlayer.self_attn.q_proj.weight"].T, ours.detach())
+    # read back, it drafts what the book's head drafts
+    back = eagle3export.load_eagle3(out, target)
+    assert torch.equal(back.d2t, head.d2t) and back.cfg.feature_layers == head.cfg.feature_layers
+    prompt = torch.tensor([5, 17, 33, 2, 90])
+    a = speculative_generate(target, eagle.EagleDrafter(head), prompt, 24, 4)
+    b = speculative_generate(target, eagle.EagleDrafter(back), prompt, 24, 4)
+    assert a.tokens == b.tokens and a.accepted_per_round == b.accepted_per_round
+    with pytest.raises(FileNotFoundError, match="no EAGLE-3 checkpoint"):
+        eagle3export.load_eagle3(tmp_path / "missing", target)

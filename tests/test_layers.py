@@ -17,7 +17,7 @@ LAYERS = {
     3: {"drafters", "decoding", "batchdecoding", "trees", "steptime", "microbench"},  # drafting, loops, timing
     4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers", "stepcosts",
         "vocabs", "serving"},
-    5: {"eagle", "headdata", "headanswers", "headloss", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
+    5: {"eagle", "eagle3export", "headdata", "headanswers", "headloss", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
     6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "servebench", "analysis",
         "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points

@@ -35,7 +35,7 @@ from pathlib import Path
 __all__ = ["ServerError", "ServeConfig", "VLLMServer", "Completion", "serve_python", "free_port", "port_in_use",
            "group_members", "vllm_version", "spec_metrics", "engine_figures", "METHODS"]
 
-METHODS = (None, "ngram")  # what the harness starts: no speculation, or vLLM's prompt lookup
+METHODS = (None, "ngram", "eagle3")  # no speculation, vLLM's prompt lookup, or an EAGLE-3 head
 
 
 class ServerError(RuntimeError):
@@ -103,8 +103,9 @@ def group_members(pgid: int) -> list[int]:
 class ServeConfig:
     """How the server runs the model. ``method`` None serves without speculation, ``"ngram"``
     with vLLM's prompt lookup drafting ``k`` tokens from n-grams of ``ngram_min .. ngram_max``
-    tokens. ``reserved_cpus`` is how many cores vLLM keeps away from the model's threads for
-    its scheduler (None: vLLM's default, one on x86)."""
+    tokens, ``"eagle3"`` with the EAGLE-3 head in ``draft_dir``
+    (:func:`specdec.eagle3export.export_eagle3`). ``reserved_cpus`` is how many cores vLLM
+    keeps away from the model's threads for its scheduler (None: vLLM's default, one on x86)."""
 
     model_dir: str
     dtype: str = "float32"
@@ -119,6 +120,7 @@ class ServeConfig:
     reserved_cpus: int | None = None
     name: str = "model"
     extra_args: tuple = ()
+    draft_dir: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -131,10 +133,16 @@ class ServeConfig:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}")
         if not Path(self.model_dir, "config.json").exists():
             raise ValueError(f"{self.model_dir} holds no model (config.json is missing)")
+        if (self.method == "eagle3") != (self.draft_dir is not None):
+            raise ValueError("method 'eagle3' needs draft_dir (an exported head), and only it takes one")
+        if self.draft_dir is not None and not Path(self.draft_dir, "config.json").exists():
+            raise ValueError(f"{self.draft_dir} holds no EAGLE-3 head (config.json is missing)")
 
     def speculative_config(self) -> dict | None:
         if self.method is None:
             return None
+        if self.method == "eagle3":
+            return {"method": "eagle3", "model": str(self.draft_dir), "num_speculative_tokens": self.k}
         return {"method": "ngram", "num_speculative_tokens": self.k, "prompt_lookup_min": self.ngram_min,
                 "prompt_lookup_max": self.ngram_max}
 

@@ -49,6 +49,10 @@ def test_load_summary_and_the_batch_law():
     assert pred == {1: pytest.approx(1.5), 16: pytest.approx(1.5 / 4)}
     # rows that never draft pay nothing for the verify pass
     assert servebench.predict_batch_speedup(1.0, 0.0, costs, k=4)[16] == pytest.approx(1.0)
+    # a drafter that costs c of a decode step per drafted token pays it in the rounds that draft
+    assert servebench.predict_batch_speedup(1.5, 1.0, costs, k=4, c=0.1)[1] == pytest.approx(1.5 / 1.4)
+    as_read = {"1": {"v": {"1": 1.0, "5": 1.0}}}  # a results file read back: its keys are strings
+    assert servebench.predict_batch_speedup(1.5, 1.0, as_read, k=4)[1] == pytest.approx(1.5)
     assert servebench.first_difference([1, 2, 3], [1, 2, 3]) is None
     assert servebench.first_difference([1, 2, 3], [1, 5, 3]) == 1
     assert servebench.first_difference([1, 2], [1, 2, 3]) == 2
@@ -64,6 +68,12 @@ def test_bad_input(tmp_path):
         ServeConfig(str(model), method="medusa")
     with pytest.raises(ValueError, match="k must"):
         ServeConfig(str(model), method="ngram", k=0)
+    with pytest.raises(ValueError, match="draft_dir"):
+        ServeConfig(str(model), method="eagle3")
+    with pytest.raises(ValueError, match="draft_dir"):
+        ServeConfig(str(model), draft_dir=str(model))
+    with pytest.raises(ValueError, match="no EAGLE-3 head"):
+        ServeConfig(str(model), method="eagle3", draft_dir=str(tmp_path))
     with pytest.raises(ValueError, match="port"):
         VLLMServer(ServeConfig(str(model)), port=80)
     with pytest.raises(ValueError, match="concurrency"):

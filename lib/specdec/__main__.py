@@ -20,7 +20,8 @@ from .cli import ArgumentParser, choice, nonempty_str, positive_int
 def _smollm2_pairs() -> dict[str, str]:
     from .registry import PAIRS
 
-    return {name.removeprefix("smollm2_"): name for name in PAIRS if name.startswith("smollm2_")}
+    return {name.removeprefix("smollm2_"): name for name, pair in PAIRS.items()
+            if name.startswith("smollm2_") and pair.target.key == "smollm2-135m"}
 
 
 PAIR_OF_DRAFTER = _smollm2_pairs()  # ngram, nf4, early, eagle

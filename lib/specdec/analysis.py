@@ -77,7 +77,9 @@ BASELINE = {"speculative": "autoregressive", "autoregressive": "autoregressive",
             "hf_autoregressive": "hf_autoregressive"}
 #: The ``transformers`` method that does what ours does, per kind of drafter (none for the head:
 #: ``generate()`` has no EAGLE drafting).
-HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None}
+HF_PEER = {"model": "hf_assisted", "ngram": "hf_prompt_lookup", "eagle": None,
+           # across vocabularies: generate()'s universal assisted generation matches strings too
+           "string": "hf_assisted", "tli": None}
 SYNTHETIC_DOMAIN = "random"  # synthetic pairs have no tokenizer: their prompts are random tokens
 #: The phases a generation of our loops is split into: ``decode`` is the autoregressive step,
 #: ``draft``, ``verify`` and ``sample`` a speculative round, ``overhead`` the rest of the wall time.

@@ -131,6 +131,8 @@ def _hf_generate(pair: BenchPair, cfg: BenchmarkConfig, prompt: torch.Tensor) ->
             raise ValueError(f"pair {pair.name!r} has no draft model: use hf_prompt_lookup")
         extra = dict(assistant_model=pair.draft, num_assistant_tokens=cfg.k, num_assistant_tokens_schedule="constant",
                      assistant_confidence_threshold=0.0)
+        if pair.kind == "crossvocab":  # universal assisted generation: texts matched through both tokenizers
+            extra.update(tokenizer=pair.tokenizer, assistant_tokenizer=pair.draft_tokenizer)
     elif cfg.method == "hf_prompt_lookup":
         extra = dict(prompt_lookup_num_tokens=cfg.k, max_matching_ngram_size=NGramDrafter().max_ngram)
     return hf_generate(pair.target, prompt, cfg.max_new_tokens, cfg.params, pair.stop_ids, cfg.method, cfg.seed,
@@ -249,7 +251,8 @@ def run_sweep(plan: SweepPlan, out: str | Path, progress: bool = True, command: 
                 continue
             path = pair.use_engine_path()
             record["paths"][name] = dict(chosen=path.label, table=None if pair.path_table is None else
-                                         pair.path_table.round(3).to_dict(orient="records"))
+                                         pair.path_table.round(3).to_dict(orient="records"),
+                                         draft=None if pair.draft_path is None else pair.draft_path.label)
             _write_provenance(out, record)
             _warm_up(pair, [c for _, block in units for c in block], by_id)
             bar = tqdm(total=sum(len(b) for _, b in units), desc=name, disable=not progress)

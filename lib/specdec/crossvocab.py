@@ -54,7 +54,7 @@ from .sampling import (  # noqa: F401  first_tokens and goodness_of_fit: the cha
     probs_from_logits,
     sample,
 )
-from .vocabs import (TOKENIZERS, TokenCodec, data_dir, load_hub_tokenizer, load_tokenizer,  # noqa: F401
+from .vocabs import (TOKENIZERS, TokenCodec, data_dir, load_tokenizer,  # noqa: F401
                      train_bpe_tokenizer, train_sentencepiece_style_tokenizer)
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
     "TOKENIZERS",
     "data_dir",
     "load_tokenizer",
-    "load_hub_tokenizer",
     "tli_acceptance",
     "first_tokens",
     "goodness_of_fit",

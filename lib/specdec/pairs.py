@@ -20,12 +20,12 @@ from .crossvocab import StringMatchDrafter, TLIDrafter, VocabMapping
 from .drafters import ModelDrafter, NGramDrafter
 from .eagle import EagleDrafter, load_book_head
 from .fastpath import PLAIN, choose_path, prepare
-from .loaders import load_pair
+from .loaders import load_pair, load_tokenizer
 from .profiling import torch_threads
 from .prompts import stop_token_ids
-from .registry import get_pair
+from .registry import CROSS_VOCAB_DRAFTERS, get_pair
 from .synthetic import synthetic_pair
-from .vocabs import TokenCodec, load_hub_tokenizer
+from .vocabs import TokenCodec
 
 __all__ = ["BenchPair", "load_bench_pair", "load_cross_vocab_pair", "synthetic_pair_name", "parse_synthetic",
            "HF_PEER"]
@@ -59,7 +59,8 @@ def _check_pair_name(name: str) -> None:
 
 
 def _drafter_kind(pair: str) -> str:
-    """``"model"``, ``"ngram"`` or ``"eagle"`` (synthetic pairs draft with a model)."""
+    """``"model"``, ``"ngram"``, ``"eagle"``, ``"tli"`` or ``"string"`` (synthetic pairs draft
+    with a model)."""
     return "model" if parse_synthetic(pair) is not None else get_pair(pair).drafter
 
 
@@ -92,6 +93,10 @@ class BenchPair:
     draft_codec: object = None
     target_codec: object = None
     mapping: object = None
+    crossvocab: str = "tli"  # a cross-vocabulary pair's method: "tli" or "string"
+    draft_tokenizer: object = None  # a cross-vocabulary pair's draft's own tokenizer
+    draft_path: object = None  # the path a cross-vocabulary pair's draft runs on (use_engine_path)
+    draft_engine: torch.nn.Module | None = None  # that draft on its path (generate() keeps ``draft``)
 
     def __post_init__(self):
         if self.engine is None:
@@ -99,7 +104,8 @@ class BenchPair:
 
     def use_engine_path(self):
         """Measure the target's paths here (:func:`specdec.fastpath.choose_path`, the model's
-        own dtype) and run our loops on the fastest; returns the chosen path. Synthetic pairs
+        own dtype) and run our loops on the fastest; returns the chosen path. A cross-vocabulary
+        pair's draft, a whole model of its own, gets its fastest path the same way. Synthetic pairs
         keep the plain path: their tiny models run on one thread, where packing buys nothing
         worth measuring."""
         if self.synthetic:
@@ -108,22 +114,28 @@ class BenchPair:
         with _threads(self.one_thread):
             self.path, self.path_table = choose_path(self.target)
         self.engine = prepare(self.target, self.path)
+        if self.kind == "crossvocab":
+            # the draft is a whole model of another family: it runs on its own fastest path
+            self.draft_path, _ = choose_path(self.draft)
+            self.draft_engine = prepare(self.draft, self.draft_path)
         return self.path
 
     @property
     def synthetic(self) -> bool:
         return self.tokenizer is None
 
-    def drafter(self, crossvocab: str = "tli"):
+    def drafter(self, crossvocab: str | None = None):
         """A fresh drafter of this pair's kind. For a cross-vocabulary pair ``crossvocab``
-        picks the method: ``"tli"`` (token-level intersection) or ``"string"`` (string matching)."""
+        picks the method, by default the pair's own: ``"tli"`` (token-level intersection) or
+        ``"string"`` (string matching)."""
         if self.kind == "eagle":
             return EagleDrafter(self.head, name=self.name)
         if self.kind == "crossvocab":
+            crossvocab = crossvocab or self.crossvocab
             if crossvocab not in ("tli", "string"):
                 raise ValueError(f"crossvocab must be 'tli' or 'string', not {crossvocab!r}")
             cls = TLIDrafter if crossvocab == "tli" else StringMatchDrafter
-            return cls(self.draft, self.mapping, self.draft_codec, self.target_codec,
+            return cls(self.draft_engine or self.draft, self.mapping, self.draft_codec, self.target_codec,
                        name=f"{self.name}-{crossvocab}")
         if self.draft is None:
             return NGramDrafter()
@@ -145,6 +157,8 @@ def load_bench_pair(name: str, device: str = "cpu") -> BenchPair:
         draft, target = synthetic_pair(eps, device=device)
         return BenchPair(name, draft, target, None, frozenset(), one_thread=True)
     kind = get_pair(name).drafter
+    if kind in CROSS_VOCAB_DRAFTERS:
+        return load_cross_vocab_pair(name, device)
     draft, target, tokenizer = load_pair(name, device=device)
     head = load_book_head(target) if kind == "eagle" else None
     return BenchPair(name, draft, target, tokenizer, frozenset(stop_token_ids(tokenizer, target)), kind=kind,
@@ -155,20 +169,23 @@ def load_cross_vocab_pair(name: str, device: str = "cpu"):
     """Load registry pair ``name`` (e.g. ``"tinyllama_llama3"``, ``"phi3_llama3"``) for
     cross-vocabulary drafting: a :class:`BenchPair` of kind ``"crossvocab"``
     carrying both tokenizers' codecs and the mapping between them; ``pair.drafter("tli")``
-    and ``pair.drafter("string")`` build the two drafters. Needs both models from the hub or
-    its cache; offline it raises :class:`~specdec.registry.ModelUnavailableError` before
-    loading any weights."""
+    and ``pair.drafter("string")`` build the two drafters (``pair.drafter()`` the registry
+    pair's own, for ``smollm2_gemma3_tli`` and ``smollm2_gemma3_string``). Where a model is
+    missing it raises :class:`~specdec.registry.ModelUnavailableError` before loading any
+    weights."""
     pair = get_pair(name)
     if pair.draft is None:
         raise ValueError(f"pair {name!r} drafts with prompt lookup, which has no vocabulary of its own")
-    draft_tok = load_hub_tokenizer(pair.draft)
-    target_tok = load_hub_tokenizer(pair.target)
+    draft_tok = load_tokenizer(pair.draft)
+    target_tok = load_tokenizer(pair.target)
     draft, target, _ = load_pair(name, device=device, allow_vocabulary_mismatch=True)
     draft_codec = TokenCodec(draft_tok, draft.get_output_embeddings().weight.shape[0], name=pair.draft.hub_id)
     target_codec = TokenCodec(target_tok, target.get_output_embeddings().weight.shape[0], name=pair.target.hub_id)
     mapping = VocabMapping.from_codecs(draft_codec, target_codec)
     return BenchPair(name, draft, target, target_tok, frozenset(stop_token_ids(target_tok, target)),
-                     kind="crossvocab", draft_codec=draft_codec, target_codec=target_codec, mapping=mapping)
+                     kind="crossvocab", draft_codec=draft_codec, target_codec=target_codec, mapping=mapping,
+                     crossvocab=pair.drafter if pair.drafter in CROSS_VOCAB_DRAFTERS else "tli",
+                     draft_tokenizer=draft_tok)
 
 
 def _threads(one: bool):

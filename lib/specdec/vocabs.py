@@ -7,8 +7,8 @@ prompts, and the hub's.
 * :data:`TOKENIZERS`, :func:`train_bpe_tokenizer`, :func:`train_sentencepiece_style_tokenizer`
   -- the committed tokenizers of ``data/crossvocab`` and how they were trained (rebuilt by
   ``python -m specdec.crossvocab``);
-* :func:`load_tokenizer` -- one of them; :func:`load_hub_tokenizer` -- a registered model's,
-  from the hub's cache, or one clear error saying how to get it.
+* :func:`load_tokenizer` -- one of them (a registered model's own tokenizer is
+  :func:`specdec.loaders.load_tokenizer`'s).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TokenCodec", "TOKENIZERS", "data_dir", "train_bpe_tokenizer", "train_sentencepiece_style_tokenizer", "load_tokenizer",
-           "load_hub_tokenizer"]
+__all__ = ["TokenCodec", "TOKENIZERS", "data_dir", "train_bpe_tokenizer", "train_sentencepiece_style_tokenizer", "load_tokenizer"]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -272,23 +271,3 @@ def load_tokenizer(name: str):
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; rebuild the tokenizers with `python -m specdec.crossvocab`")
     return Tokenizer.from_file(str(path))
-
-
-def load_hub_tokenizer(spec):
-    """The tokenizer of a registered model (a :class:`specdec.registry.ModelSpec`), from the hub's
-    cache, or :class:`~specdec.registry.ModelUnavailableError` saying how to get it."""
-    from .loaders import how_to_get, load_smollm2_tokenizer
-    from .registry import ModelUnavailableError
-
-    if spec.source != "hub":
-        return load_smollm2_tokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(spec.hub_id)
-    except (OSError, ValueError, ImportError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(
-            f"cannot load the tokenizer of {spec.label} ({spec.hub_id}): it is not in the local Hugging Face "
-            f"cache and the hub cannot be reached. To get it: {how_to_get(spec)}. (The loader said: {reason})"
-        ) from None

@@ -124,3 +124,23 @@ def test_every_gemma_drafter_writes_gemmas_own_greedy_text():
         for k in (1, 3):
             res = speculative_generate(pair.engine, drafter, ids, 12, k, GREEDY, pair.stop_ids)
             assert res.tokens == reference, (drafter, k)
+
+
+@gemma
+@pytest.mark.slow
+def test_the_real_pair_figures_hold_their_invariants():
+    import numpy as np
+
+    from specdec import crossvocabbench
+
+    real = crossvocabbench.measure(n_per_domain=1, max_new_tokens=6, k=2, n_rounds=4000, progress=False)
+    v = real["vocabulary"]
+    assert (v["draft"], v["target"]) == (49152, 262144) and 0 < v["shared"] <= v["draft"]
+    assert all(r["identical"] for r in real["runs"]) and {r["method"] for r in real["runs"]} == {"tli", "string"}
+    for pts in real["alpha_vs_bound"].values():  # TLI's acceptance never exceeds p(I)
+        assert np.all(np.array(pts["alpha"]) <= np.array(pts["bound"]) + 1e-5)
+    for row in real["by_domain"].values():
+        assert all(0 <= row[k] <= 1 for k in ("twin_target", "twin_draft", "p_I", "alpha_t1", "alpha_greedy"))
+    assert all(len(p) == 2 for p in real["positions"].values())
+    tests = real["chi_square"]["tests"]
+    assert tests["always accept"]["p_value"] < 1e-6  # a sampler that never rejects is caught

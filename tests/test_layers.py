@@ -16,10 +16,10 @@ LAYERS = {
     2: {"cache", "batchcache", "tokentree"},  # the caches, and the tree structure the tree pass reads
     3: {"drafters", "decoding", "batchdecoding", "trees", "steptime", "microbench"},  # drafting, loops, timing
     4: {"registry", "loaders", "quant", "fastpath", "synthetic", "selfspec", "prompts", "hfpeers", "stepcosts",
-        "vocabs", "serving"},
+        "vocabs", "serving", "packaged"},
     5: {"eagle", "eagle3export", "headdata", "headanswers", "headloss", "headtrain", "crossvocab"},  # methods of chapters 8 and 10
-    6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "servebench", "analysis",
-        "plots", "display"},  # measuring
+    6: {"pairs", "sweepplan", "bench", "enginebench", "headbench", "headablate", "servebench", "crossvocabbench",
+        "analysis", "plots", "display"},  # measuring
     7: {"__main__", "__init__"},  # entry points
 }
 LAYER = {m: n for n, mods in LAYERS.items() for m in mods}

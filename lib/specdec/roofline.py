@@ -56,7 +56,7 @@ __all__ = [
     "linear_shapes",
 ]
 
-_SUPPORTED = ("gpt2", "llama", "mistral", "phi3", "qwen2")
+_SUPPORTED = ("gpt2", "llama", "mistral", "phi3", "qwen2", "gemma3_text")
 
 
 # --------------------------------------------------------------------------- model shape
@@ -81,6 +81,7 @@ class ModelShape:
     o_bias: bool
     mlp_bias: bool
     norm_params: int  # parameters of one norm: d for RMSNorm, 2d for LayerNorm
+    extra_norm_params: int = 0  # per layer, beyond its two norms (Gemma 3: two more, and q/k norms)
 
     @property
     def attn_matrix_params(self) -> int:
@@ -112,7 +113,8 @@ def model_shape(config) -> ModelShape:
 
     Supports GPT-2 (two-matrix GELU MLP, learned positions, LayerNorm with biases) and the
     Llama family -- Llama, Mistral, Phi-3, Qwen2 -- (gated three-matrix MLP, rotary positions,
-    RMSNorm, grouped-query attention).
+    RMSNorm, grouped-query attention), and Gemma 3's text model, laid out as Llama's with four
+    RMSNorms per layer and RMSNorms on the queries and keys.
     """
     cfg = _config_of(config)
     mt = cfg.model_type
@@ -145,11 +147,12 @@ def model_shape(config) -> ModelShape:
         qkv_bias=attention_bias or mt == "qwen2",  # Qwen2 always has q, k, v biases
         o_bias=attention_bias and mt != "qwen2",
         mlp_bias=bool(getattr(cfg, "mlp_bias", False)), norm_params=d,
+        extra_norm_params=2 * d + 2 * head_dim if mt == "gemma3_text" else 0,
     )
 
 
 def _layer_params(s: ModelShape) -> int:
-    n = s.attn_matrix_params + s.mlp_matrix_params + 2 * s.norm_params
+    n = s.attn_matrix_params + s.mlp_matrix_params + 2 * s.norm_params + s.extra_norm_params
     if s.qkv_bias:
         n += (s.heads + 2 * s.kv_heads) * s.head_dim
     if s.o_bias:

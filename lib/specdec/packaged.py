@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from .provenance import repo_root
-from .registry import GEMMA3_SOURCE, SMOLLM2_SOURCE, ModelUnavailableError
+from .registry import GEMMA3_SOURCE, MODELS, SMOLLM2_SOURCE, ModelUnavailableError
 
 __all__ = ["PackagedModel", "SMOLLM2", "GEMMA3", "PACKAGED", "cache_dir", "model_dir", "is_installed",
-           "is_ready", "gguf_file", "provision", "load", "load_tokenizer", "by_key"]
+           "is_ready", "gguf_file", "provision", "load", "load_tokenizer", "packaged_keys", "by_key"]
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,16 @@ GEMMA3 = PackagedModel(
 PACKAGED = {m.source: m for m in (SMOLLM2, GEMMA3)}
 
 
-def by_key(key: str) -> PackagedModel:
-    """The packaged model of registry key ``key`` (``"smollm2-135m"``, ``"gemma-3-270m"``)."""
-    from .registry import MODELS
+def packaged_keys() -> tuple[str, ...]:
+    """The registry keys of the packaged models themselves (not their derived drafts)."""
+    return tuple(k for k, m in MODELS.items() if m.source in PACKAGED and m.quantization is None and m.n_layers is None)
 
-    spec = MODELS.get(key)
-    if spec is None or spec.source not in PACKAGED:
-        known = [k for k, m in MODELS.items() if m.source in PACKAGED and m.quantization is None and m.n_layers is None]
-        raise ValueError(f"{key!r} is not a packaged model; packaged: {', '.join(known)}")
-    return PACKAGED[spec.source]
+
+def by_key(key: str) -> PackagedModel:
+    """The packaged model of registry key ``key`` (one of :func:`packaged_keys`)."""
+    if key not in packaged_keys():
+        raise ValueError(f"{key!r} is not a packaged model; packaged: {', '.join(packaged_keys())}")
+    return PACKAGED[MODELS[key].source]
 
 
 def cache_dir() -> Path:

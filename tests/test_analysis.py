@@ -127,3 +127,18 @@ def test_the_import_check_sees_a_decoding_import():
     code = "import sys, specdec.bench; print('specdec.decoding' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "True"
+
+
+def test_greedy_identity_counts_generations_that_left_their_baselines_tokens():
+    from .helpers import bench_result
+
+    results = make_results()
+    changed = next(r for r in results if r.method == "speculative")
+    changed.tokens[3] += 1  # one speculative generation emits one other token
+    # a generation whose prompt has no autoregressive baseline is left out, not counted either way
+    results.append(bench_result("pairA", "speculative", 2, "code", "code/9"))
+    table = analysis.greedy_identity(analysis.load_results(results)).set_index(["pair", "method"])
+    assert table.loc[("pairA", "speculative")].tolist() == [1, 2]
+    assert table.loc[("pairB", "speculative")].tolist() == [2, 2]
+    assert table.loc[("pairA", "autoregressive")].tolist() == [2, 2]
+    assert table.loc[("pairB", "hf_assisted")].tolist() == [2, 2]

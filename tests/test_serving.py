@@ -187,8 +187,10 @@ def caller_with_a_server(tmp_path, source: str):
     ``(process, pgid)``, and afterwards kills whatever is left of either, whatever the test found."""
     script = tmp_path / "caller.py"
     script.write_text(source)
+    # SIGINT as a terminal leaves it: a shell that starts jobs in the background (`cmd &`) passes
+    # them an ignored SIGINT, and the caller would then never see the Ctrl-C the test sends
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pgid = None
     try:
         line = proc.stdout.readline()

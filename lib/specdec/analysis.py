@@ -14,7 +14,8 @@ provenance record beside each (:func:`provenance_path`) says how. This module re
 * :func:`acceptance_by_domain` -- acceptance per group (the figures of :mod:`specdec.metrics`);
 * :func:`latency_cdf`, :func:`phase_breakdown` -- per-token latencies, time per phase;
 * :func:`cost_ratios`, :func:`measured_vs_predicted` -- the measured cost side, and the
-  speedup law's prediction (:mod:`specdec.theory`) beside the measured speedup.
+  speedup law's prediction (:mod:`specdec.theory`) beside the measured speedup;
+* :func:`greedy_identity` -- whether every greedy generation emitted its baseline's tokens.
 
 It also holds the vocabulary of a record that the harness and the aggregation share: the
 method names (:data:`METHODS`), each method's baseline (:data:`BASELINE`), the phases
@@ -362,6 +363,26 @@ def cost_ratios(df) -> "pd.DataFrame":
                      "verify_cost": g.verify_s.sum() / g.rounds.sum() / t_step,
                      "draft_cost": g.draft_s.sum() / g.rounds.sum() / t_step})
     return pd.DataFrame(rows, columns=["pair", "k", "t_step", "c", "verify_cost", "draft_cost"])
+
+
+def greedy_identity(df) -> "pd.DataFrame":
+    """Per pair and method, how many greedy generations (``identical`` of ``generations``) emitted
+    exactly the tokens of our autoregressive loop on the same pair, prompt and token budget: what
+    every speculative method must do at temperature 0 (the autoregressive rows themselves, compared
+    with the first of them, check that the baseline is deterministic). Generations without such a
+    baseline in ``df`` are left out."""
+    import pandas as pd
+
+    key = ["pair", "prompt_id", "max_new_tokens"]
+    g = df[df.temperature == 0]
+    base = g[g.method == "autoregressive"].drop_duplicates(key)
+    ref = {tuple(k): tuple(r.tokens) for k, r in zip(base[key].itertuples(index=False), base.result)}
+    rows = [(pair, method, tuple(r.tokens) == ref[(pair, prompt, n)])
+            for pair, method, prompt, n, r in zip(g.pair, g.method, g.prompt_id, g.max_new_tokens, g.result)
+            if (pair, prompt, n) in ref]
+    out = pd.DataFrame(rows, columns=["pair", "method", "identical"])
+    return (out.groupby(["pair", "method"]).identical.agg(identical="sum", generations="size")
+            .reset_index().astype({"identical": int}))
 
 
 def measured_vs_predicted(df, by=("pair", "k", "domain", "temperature")) -> "pd.DataFrame":

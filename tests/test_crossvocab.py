@@ -12,6 +12,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,6 +185,33 @@ def test_tli_output_law_is_exactly_the_target(codecs, tiny, params):
                 alphas.append(sampling.acceptance_probability(p, q).item())
     assert max(tvs) <= 1e-6
     assert len(tvs) > 30 and max(alphas) - min(alphas) > 0.3  # a varied set of pairs, not one case
+
+
+def test_acceptance_under_several_settings_shares_the_passes(codecs, tiny):
+    """tli_acceptances gives what tli_acceptance gives setting by setting, from one draft step
+    per position instead of one per position and setting."""
+    target, _ = tiny
+    t_codec, d_codec = codecs["target-1000"], codecs["draft-600-sp"]
+    m = cv.VocabMapping.from_codecs(d_codec, t_codec)
+    lm = cv.TeacherDraftLM(target, d_codec, t_codec, noise=0.5)
+    calls = []
+    logits = lm.logits
+    lm.logits = lambda *a, **kw: calls.append(1) or logits(*a, **kw)
+    drafter = cv.TLIDrafter(lm, m, d_codec, t_codec)
+    seqs = [torch.tensor(t_codec.encode_text(text)) for text in TEXTS[:2]]
+    settings = [SamplingParams(), GREEDY, SamplingParams(temperature=0.7, top_k=50)]
+    start = 6
+    positions = sum(len(seq) - start for seq in seqs)
+    together = cv.tli_acceptances(target, drafter, seqs, start, settings)
+    assert len(calls) == positions
+    for params, res in zip(settings, together):
+        alone = cv.tli_acceptance(target, drafter, seqs, start, params)
+        assert res.keys() == alone.keys() == {"alpha", "bound"}
+        assert len(res["alpha"]) == positions
+        for key in res:
+            torch.testing.assert_close(torch.from_numpy(res[key]), torch.from_numpy(alone[key]), rtol=0, atol=1e-12)
+    assert len(calls) == positions * (1 + len(settings))
+    assert not np.allclose(together[0]["alpha"], together[1]["alpha"])  # the settings differ
 
 
 @pytest.fixture(scope="module")

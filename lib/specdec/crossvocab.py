@@ -69,6 +69,7 @@ __all__ = [
     "data_dir",
     "load_tokenizer",
     "tli_acceptance",
+    "tli_acceptances",
     "first_tokens",
     "goodness_of_fit",
 ]
@@ -293,8 +294,13 @@ class TLIDrafter(_CrossVocabDrafter):
     def next_distribution(self, seq: torch.Tensor, params: SamplingParams = SamplingParams()) -> torch.Tensor:
         """The distribution over the target's vocabulary that the drafter proposes the token
         after ``seq`` (target ids) from."""
-        logits = self._draft_logits(self.draft_ids(seq))
-        return self.mapping.to_target(probs_from_logits(self.mapping.restrict_logits(logits), params))
+        return self.next_distributions(seq, [params])[0]
+
+    def next_distributions(self, seq: torch.Tensor, settings) -> list[torch.Tensor]:
+        """:meth:`next_distribution` under each sampling setting in ``settings``, from one
+        step of the draft."""
+        logits = self.mapping.restrict_logits(self._draft_logits(self.draft_ids(seq)))
+        return [self.mapping.to_target(probs_from_logits(logits, params)) for params in settings]
 
     def propose(self, seq, k, params, generator=None):
         draft_seq = self.draft_ids(seq)
@@ -348,18 +354,26 @@ def tli_acceptance(target, drafter: TLIDrafter, seqs, start: int, params: Sampli
     ``alpha = sum min(p, q)``, and ``p(I)``, the target's mass on tokens the draft can propose.
     Returns ``{"alpha": array, "bound": array}``.
     """
-    alphas, bounds = [], []
+    return tli_acceptances(target, drafter, seqs, start, [params])[0]
+
+
+@torch.no_grad()
+def tli_acceptances(target, drafter: TLIDrafter, seqs, start: int, settings) -> list[dict]:
+    """:func:`tli_acceptance` under each sampling setting in ``settings`` (one dict each), from
+    one pass of the target over each text and one draft step per position."""
+    out = [{"alpha": [], "bound": []} for _ in settings]
     device = next(target.parameters()).device
     for seq in seqs:
         seq = torch.as_tensor(seq, dtype=torch.long)
         logits = target(input_ids=seq[None].to(device)).logits[0].float().cpu()
         drafter.reset()
         for j in range(start, len(seq)):
-            p = probs_from_logits(logits[j - 1], params)
-            q = drafter.next_distribution(seq[:j], params)
-            alphas.append(float(acceptance_probability(p, q)))
-            bounds.append(float(drafter.mapping.target_mass(p)))
-    return {"alpha": np.array(alphas), "bound": np.array(bounds)}
+            qs = drafter.next_distributions(seq[:j], settings)
+            for res, params, q in zip(out, settings, qs):
+                p = probs_from_logits(logits[j - 1], params)
+                res["alpha"].append(float(acceptance_probability(p, q)))
+                res["bound"].append(float(drafter.mapping.target_mass(p)))
+    return [{key: np.array(values) for key, values in res.items()} for res in out]
 
 
 def _training_texts(domains) -> list[str]:

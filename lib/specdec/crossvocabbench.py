@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from .crossvocab import tli_acceptance
+from .crossvocab import tli_acceptances
 from .decoding import autoregressive_generate, speculative_generate
 from .metrics import acceptance_by_position, tokens_per_round
 from .pairs import load_bench_pair
@@ -101,14 +101,13 @@ def measure(n_per_domain: int = 2, max_new_tokens: int = 48, k: int = 4, n_round
                                                    "alpha_t1": [], "alpha_greedy": []})
         row["twin_target"] += (t2d[answer] >= 0).tolist()
         row["twin_draft"] += (d2t[torch.tensor(own, dtype=torch.long)] >= 0).tolist() if own else []
-        for name, params in (("alpha_t1", _T1), ("alpha_greedy", GREEDY)):
-            acc = tli_acceptance(pair.target, pair.drafter("tli"), [text], start=len(ids), params=params)
-            row[name] += acc["alpha"].tolist()
-            if name == "alpha_t1":
-                row["p_I"] += acc["bound"].tolist()
-                out["alpha_vs_bound"].setdefault(domain, {"alpha": [], "bound": []})
-                out["alpha_vs_bound"][domain]["alpha"] += acc["alpha"].tolist()
-                out["alpha_vs_bound"][domain]["bound"] += acc["bound"].tolist()
+        t1, greedy = tli_acceptances(pair.target, pair.drafter("tli"), [text], len(ids), [_T1, GREEDY])
+        row["alpha_t1"] += t1["alpha"].tolist()
+        row["alpha_greedy"] += greedy["alpha"].tolist()
+        row["p_I"] += t1["bound"].tolist()
+        out["alpha_vs_bound"].setdefault(domain, {"alpha": [], "bound": []})
+        out["alpha_vs_bound"][domain]["alpha"] += t1["alpha"].tolist()
+        out["alpha_vs_bound"][domain]["bound"] += t1["bound"].tolist()
         for method in ("tli", "string"):
             drafter = pair.drafter(method)
             drafter.sync = _TimedSync(drafter.sync)
